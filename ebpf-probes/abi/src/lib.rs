@@ -1,0 +1,105 @@
+//! The binary contract between nstrail's eBPF programs and its agent.
+//!
+//! Every record the kernel side writes into the event ring buffer starts with
+//! an [`EventHeader`]; its `kind` says which `#[repr(C)]` struct follows.
+//! All structs use fixed-width fields, no `bool`, and explicit padding, and
+//! their sizes are checked at compile time so both sides agree byte for byte.
+#![no_std]
+
+pub mod layout;
+pub mod netns;
+
+pub use layout::KernelLayout;
+
+/// Length of a task's `comm`, as in the kernel's `TASK_COMM_LEN`.
+pub const TASK_COMM_LEN: usize = 16;
+
+/// Values of [`EventHeader::kind`].
+pub mod event_kind {
+    pub const NETNS_CREATE: u32 = 1;
+    pub const NETNS_ENTER: u32 = 2;
+    pub const NETNS_DESTROY: u32 = 3;
+    /// One past the largest kind: the length of the lost-events counter array.
+    pub const COUNT: u32 = 4;
+}
+
+/// Names of the maps the agent opens. One place, so neither side spells them twice.
+pub mod map_name {
+    pub const EVENTS: &str = "EVENTS";
+    pub const LOST_EVENTS: &str = "LOST_EVENTS";
+    pub const PROBE_ERRORS: &str = "PROBE_ERRORS";
+}
+
+/// Name of the global the agent fills with struct offsets of the running kernel.
+pub const LAYOUT_GLOBAL: &str = "LAYOUT";
+
+/// Indices of the per-CPU `PROBE_ERRORS` counters.
+pub mod probe_error {
+    /// A `bpf_probe_read_kernel` of a task or namespace field failed.
+    pub const KERNEL_READ: u32 = 0;
+    /// The namespace list walk at cleanup hit its bound before the list ended.
+    pub const NETNS_WALK_TRUNCATED: u32 = 1;
+    /// The layout global was never filled in by the agent.
+    pub const LAYOUT_MISSING: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// First bytes of every record in the events ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`event_kind`].
+    pub kind: u32,
+    /// CPU the probe ran on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_boot_ns()` when the probe ran (CLOCK_BOOTTIME).
+    pub boot_ns: u64,
+}
+
+/// The task that caused an event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Actor {
+    /// Process id (thread group id) in the initial pid namespace.
+    pub pid: u32,
+    /// Thread id in the initial pid namespace.
+    pub tid: u32,
+    /// Process id of the real parent.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    /// cgroup v2 id of the task (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
+    /// Thread name, NUL padded.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// Identity of a network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NetnsRef {
+    /// nsfs inode number, as `readlink /proc/PID/ns/net` shows. Reused quickly.
+    pub inode: u32,
+    pub _pad: u32,
+    /// `net->net_cookie`: unique for the boot, never reused. Equal to
+    /// `SO_NETNS_COOKIE` and, on 6.18+, to the `NS_GET_ID` ioctl.
+    pub cookie: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
+const _: () = assert!(core::mem::size_of::<Actor>() == 48);
+const _: () = assert!(core::mem::size_of::<NetnsRef>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], made of integers and integer
+    // arrays only, with no implicit padding (sizes asserted above).
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::Actor {}
+    unsafe impl aya::Pod for super::NetnsRef {}
+    unsafe impl aya::Pod for super::KernelLayout {}
+    unsafe impl aya::Pod for super::netns::NetnsCreateEvent {}
+    unsafe impl aya::Pod for super::netns::NetnsEnterEvent {}
+    unsafe impl aya::Pod for super::netns::NetnsDestroyEvent {}
+}

@@ -1,0 +1,255 @@
+//! The agent pipeline: load -> read -> decode -> correlate -> export.
+
+use std::{future::Future, time::Duration};
+
+use aya_log::EbpfLogger;
+
+use crate::{
+    correlate::Correlator,
+    decode::decode,
+    event::{Event, EventBody, ProbeStatus},
+    export::{ExportError, Exporter},
+    loader::{self, LoadOptions},
+    preflight,
+    reader::{EventReader, KernelCounters},
+    Error,
+};
+
+/// How often lost-event counters are read when no event arrives.
+const COUNTER_POLL: Duration = Duration::from_millis(500);
+
+/// Loaded and attached probes, ready to run.
+pub struct Agent {
+    _ebpf: aya::Ebpf,
+    probes: Vec<ProbeStatus>,
+    events: EventReader,
+    counters: KernelCounters,
+    probe_log: Option<EbpfLogger<&'static dyn log::Log>>,
+    correlator: Correlator,
+}
+
+/// What a run did, for the caller and the tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub events: u64,
+    pub lost: u64,
+    pub decode_errors: u64,
+}
+
+impl Agent {
+    /// Checks the host, loads and attaches every probe. Must be called
+    /// inside a tokio runtime (the readers register with its reactor).
+    pub fn load(options: &LoadOptions) -> Result<Self, Error> {
+        let mut loaded = loader::load(options)?;
+        let probe_log = match EbpfLogger::init(&mut loaded.ebpf) {
+            Ok(logger) => Some(logger),
+            Err(err) => {
+                log::warn!("probe diagnostics unavailable: {err}");
+                None
+            }
+        };
+        let events = EventReader::new(&mut loaded.ebpf)?;
+        let counters = KernelCounters::new(&mut loaded.ebpf)?;
+        Ok(Self {
+            _ebpf: loaded.ebpf,
+            probes: loaded.status,
+            events,
+            counters,
+            probe_log,
+            correlator: Correlator::new(),
+        })
+    }
+
+    pub fn probes(&self) -> &[ProbeStatus] {
+        &self.probes
+    }
+
+    /// Runs until `shutdown` completes or an exporter's consumer goes away,
+    /// then drains what the kernel already wrote and flushes every exporter.
+    pub async fn run(
+        mut self,
+        exporters: &mut [Box<dyn Exporter>],
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<RunSummary, Error> {
+        let mut summary = RunSummary::default();
+        let mut out = Output { exporters, closed: false };
+        let start = self.correlator.agent_record(EventBody::AgentStart {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel: preflight::kernel_release(),
+            probes: self.probes.clone(),
+        });
+        out.send(&start)?;
+        out.flush()?;
+
+        let mut probe_log = match self.probe_log.take() {
+            Some(logger) => Some(crate::reader::readable_fd(logger)?),
+            None => None,
+        };
+        let mut poll = tokio::time::interval(COUNTER_POLL);
+        tokio::pin!(shutdown);
+        while !out.closed {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                ready = self.events.readable() => {
+                    ready?;
+                    self.pump(&mut out, &mut summary)?;
+                }
+                ready = async {
+                    match probe_log.as_mut() {
+                        Some(fd) => fd.readable_mut().await.map(|mut g| { g.get_inner_mut().flush(); g.clear_ready(); }),
+                        None => std::future::pending().await,
+                    }
+                } => { ready?; }
+                _ = poll.tick() => self.report_counters(&mut out, &mut summary)?,
+            }
+        }
+        // Whatever the kernel wrote before we stopped still goes out.
+        self.pump(&mut out, &mut summary)?;
+        if let Some(fd) = probe_log.as_mut() {
+            fd.get_mut().flush();
+        }
+        out.flush()?;
+        Ok(summary)
+    }
+
+    fn pump(&mut self, out: &mut Output<'_>, summary: &mut RunSummary) -> Result<(), Error> {
+        let Self { events, correlator, .. } = self;
+        let mut result = Ok(());
+        events.drain(|bytes| {
+            if result.is_err() || out.closed {
+                return;
+            }
+            match decode(bytes) {
+                Ok(kernel_event) => {
+                    let event = correlator.kernel_record(&kernel_event);
+                    summary.events += 1;
+                    result = out.send(&event);
+                }
+                Err(err) => {
+                    summary.decode_errors += 1;
+                    log::error!("dropping undecodable record: {err}");
+                }
+            }
+        });
+        result?;
+        self.report_counters(out, summary)?;
+        out.flush()
+    }
+
+    /// Lost events become their own records; probe errors go to the log.
+    fn report_counters(&mut self, out: &mut Output<'_>, summary: &mut RunSummary) -> Result<(), Error> {
+        for (event_type, count) in self.counters.lost() {
+            summary.lost += count;
+            log::warn!("kernel ring buffer full: {count} {event_type} events lost");
+            let record = self
+                .correlator
+                .agent_record(EventBody::Lost { count, event_type: event_type.to_owned() });
+            out.send(&record)?;
+        }
+        self.counters.log_probe_errors();
+        Ok(())
+    }
+}
+
+/// All exporters; stops the run when the consumer of one goes away
+/// (a closed pipe, a dropped channel).
+struct Output<'a> {
+    exporters: &'a mut [Box<dyn Exporter>],
+    closed: bool,
+}
+
+impl Output<'_> {
+    fn send(&mut self, event: &Event) -> Result<(), Error> {
+        for exporter in self.exporters.iter_mut() {
+            if let Err(err) = exporter.export(event) {
+                closed_or_error(&mut self.closed, exporter.name(), err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        for exporter in self.exporters.iter_mut() {
+            if let Err(err) = exporter.flush() {
+                closed_or_error(&mut self.closed, exporter.name(), err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn closed_or_error(closed: &mut bool, name: &str, err: ExportError) -> Result<(), Error> {
+    {
+        match err {
+            ExportError::Closed => *closed = true,
+            ExportError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe => *closed = true,
+            ExportError::Io(e) => {
+                return Err(Error::Io(std::io::Error::new(e.kind(), format!("{name} output: {e}"))))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An agent running on its own thread, handing events over a channel.
+/// Used by the integration tests and by programs embedding nstrail.
+pub struct BackgroundAgent {
+    pub events: std::sync::mpsc::Receiver<Event>,
+    pub probes: Vec<ProbeStatus>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<RunSummary, Error>>>,
+}
+
+impl BackgroundAgent {
+    /// Loads the probes and starts reading; returns once every probe is attached.
+    pub fn start(options: LoadOptions) -> Result<Self, Error> {
+        let (event_tx, events) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("nstrail-agent".into()).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let agent = match Agent::load(&options) {
+                    Ok(agent) => {
+                        let _ = ready_tx.send(Ok(agent.probes().to_vec()));
+                        agent
+                    }
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
+                        return Ok(RunSummary::default());
+                    }
+                };
+                let mut exporters: Vec<Box<dyn Exporter>> =
+                    vec![Box::new(crate::export::ChannelExporter::new(event_tx))];
+                agent.run(&mut exporters, async { let _ = stop_rx.await; }).await
+            })
+        })?;
+        let probes = ready_rx.recv().map_err(|_| {
+            Error::Io(std::io::Error::other("agent thread ended before loading the probes"))
+        })??;
+        Ok(Self { events, probes, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Stops reading, drains and returns the run's summary.
+    pub fn stop(mut self) -> Result<RunSummary, Error> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<RunSummary, Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| Error::Io(std::io::Error::other("agent thread panicked")))?,
+            None => Ok(RunSummary::default()),
+        }
+    }
+}
+
+impl Drop for BackgroundAgent {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}

@@ -1,0 +1,89 @@
+//! Command line of the `nstrail` binary.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use nstrail::{
+    agent::Agent,
+    export::{Exporter, JsonLinesExporter, TextExporter},
+    loader::LoadOptions,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "nstrail", version, about = "Observe Linux network namespaces: who made, entered and destroyed them, and when")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load the probes and print every event on stdout until interrupted.
+    Run(RunArgs),
+}
+
+#[derive(Parser, Debug)]
+pub struct RunArgs {
+    /// Output format: one JSON object per line, or one readable line per event.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// Size of the kernel event ring buffer in MiB (a power of two).
+    #[arg(long, default_value_t = 8, value_parser = parse_ring_mib)]
+    pub ring_buffer_mib: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Json,
+    Text,
+}
+
+fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("`{s}` is not a whole number of MiB"))?;
+    if n == 0 || !n.is_power_of_two() || n > 1024 {
+        return Err(format!("{n} MiB: the ring buffer size must be a power of two from 1 to 1024"));
+    }
+    Ok(n)
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run_agent(args),
+    }
+}
+
+fn run_agent(args: RunArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let options = LoadOptions { ring_buffer_bytes: args.ring_buffer_mib * 1024 * 1024 };
+        let agent = Agent::load(&options)?;
+        let stdout = std::io::stdout();
+        let mut exporters: Vec<Box<dyn Exporter>> = match args.format {
+            Format::Json => vec![Box::new(JsonLinesExporter::new(stdout))],
+            Format::Text => vec![Box::new(TextExporter::new(stdout))],
+        };
+        let attached = agent.probes().iter().filter(|p| p.attached).count();
+        log::info!("{attached} of {} probes attached; streaming events (Ctrl-C to stop)", agent.probes().len());
+        let summary = agent.run(&mut exporters, shutdown_signal()).await?;
+        log::info!(
+            "stopped: {} events, {} lost in the kernel, {} undecodable",
+            summary.events,
+            summary.lost,
+            summary.decode_errors
+        );
+        Ok(())
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

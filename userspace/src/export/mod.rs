@@ -1,0 +1,30 @@
+//! Where events go. Every output is an [`Exporter`]; the agent hands each
+//! record to all of them in order.
+
+mod channel;
+mod json_lines;
+mod text;
+
+pub use channel::ChannelExporter;
+pub use json_lines::JsonLinesExporter;
+pub use text::TextExporter;
+
+use crate::event::Event;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("writing events failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the event consumer went away")]
+    Closed,
+}
+
+pub trait Exporter: Send {
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+    fn export(&mut self, event: &Event) -> Result<(), ExportError>;
+    /// Called after a batch and at shutdown.
+    fn flush(&mut self) -> Result<(), ExportError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,78 @@
+use std::io::Write;
+
+use super::{ExportError, Exporter};
+use crate::event::{Actor, Event, EventBody, Netns};
+
+/// One readable line per event.
+pub struct TextExporter<W: Write + Send> {
+    out: W,
+}
+
+impl<W: Write + Send> TextExporter<W> {
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
+}
+
+fn ns(n: &Netns) -> String {
+    format!("{}(id {})", n.inode, n.id)
+}
+
+fn who(a: &Actor) -> String {
+    let tid = if a.tid != a.pid { format!("/{}", a.tid) } else { String::new() };
+    format!("{}[{}{}] ppid={} uid={} cgroup={}", a.comm, a.pid, tid, a.ppid, a.uid, a.cgroup_id)
+}
+
+/// The readable form of one event, without a trailing newline.
+pub fn format_line(event: &Event) -> String {
+    let what = match &event.body {
+        EventBody::NetnsCreate { netns, actor, parent_netns, via, child } => {
+            let child = child.map(|c| format!(" child={}", c.pid)).unwrap_or_default();
+            format!(
+                "netns {} created via {} from {} by {}{}",
+                ns(netns),
+                serde_json::to_value(via).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                ns(parent_netns),
+                who(actor),
+                child
+            )
+        }
+        EventBody::NetnsEnter { netns, actor, from_netns } => {
+            format!("netns {} entered from {} by {}", ns(netns), ns(from_netns), who(actor))
+        }
+        EventBody::NetnsDestroy { netns, actor, .. } => {
+            format!("netns {} destroyed by {}", ns(netns), who(actor))
+        }
+        EventBody::Lost { count, event_type } => {
+            format!("LOST {count} {event_type} events (kernel ring buffer full)")
+        }
+        EventBody::AgentStart { version, kernel, probes } => {
+            let failed: Vec<_> = probes.iter().filter(|p| !p.attached).map(|p| p.probe.as_str()).collect();
+            let attached = probes.len() - failed.len();
+            if failed.is_empty() {
+                format!("nstrail {version} on Linux {kernel}: {attached} probes attached")
+            } else {
+                format!(
+                    "nstrail {version} on Linux {kernel}: {attached} probes attached, NOT attached: {}",
+                    failed.join(", ")
+                )
+            }
+        }
+    };
+    format!("{} #{} {}", event.ts, event.seq, what)
+}
+
+impl<W: Write + Send> Exporter for TextExporter<W> {
+    fn name(&self) -> &'static str {
+        "text"
+    }
+
+    fn export(&mut self, event: &Event) -> Result<(), ExportError> {
+        writeln!(self.out, "{}", format_line(event))?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ExportError> {
+        Ok(self.out.flush()?)
+    }
+}

@@ -1,0 +1,21 @@
+//! nstrail: an eBPF observer of Linux network namespaces.
+//!
+//! Pipeline stages, one module each: [`loader`] (load and attach the
+//! [`sensors`]), [`reader`] (ring buffer and counters), [`decode`] (bytes to
+//! kernel events), [`correlate`] (sequence and time), [`export`] (outputs).
+//! [`agent`] wires them together; The `nstrail` binary (src/main.rs, src/cli.rs) is the command line.
+
+pub mod agent;
+pub mod btf;
+pub mod correlate;
+pub mod decode;
+mod error;
+pub mod event;
+pub mod export;
+pub mod kernel_layout;
+pub mod loader;
+pub mod preflight;
+pub mod reader;
+pub mod sensors;
+
+pub use error::Error;
