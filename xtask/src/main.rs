@@ -1,1 +1,96 @@
-fn main(){}
+//! `cargo xtask <task>`: setup, build, run, test.
+//!
+//! Every task but `setup` runs setup first, so a fresh clone needs nothing
+//! but `cargo xtask test` (as root) or `cargo xtask run`.
+
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _, Result};
+
+const USAGE: &str = "usage: cargo xtask <setup | build [--release] | run [NSTRAIL ARGS...] | test [CARGO TEST ARGS...]>";
+
+fn main() -> std::process::ExitCode {
+    match run(std::env::args().skip(1).collect()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Vec<String>) -> Result<()> {
+    let Some((task, rest)) = args.split_first() else {
+        bail!("{USAGE}");
+    };
+    match task.as_str() {
+        "setup" => setup::run().map(|_| ()),
+        "build" => {
+            let env = setup::run()?;
+            let release = rest.iter().any(|a| a == "--release");
+            build(&env, release)
+        }
+        "run" => {
+            let env = setup::run()?;
+            build(&env, true)?;
+            let args: Vec<String> =
+                if rest.is_empty() { vec!["run".into(), "--format".into(), "text".into()] } else { rest.to_vec() };
+            let binary = workspace_root().join("target/release/nstrail");
+            eprintln!("xtask: starting {} {}", binary.display(), args.join(" "));
+            let status = Command::new(&binary).args(&args).status().context("starting nstrail")?;
+            if !status.success() {
+                bail!("nstrail exited with {status}");
+            }
+            Ok(())
+        }
+        "test" => {
+            let env = setup::run()?;
+            test(&env, rest)
+        }
+        other => bail!("unknown task `{other}`\n{USAGE}"),
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// `cargo` with bpf-linker on PATH, run from the workspace root.
+fn cargo(env: &setup::BuildEnv) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root()).env("PATH", env.path_with_linker());
+    cmd
+}
+
+fn checked(mut cmd: Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn build(env: &setup::BuildEnv, release: bool) -> Result<()> {
+    let mut cmd = cargo(env);
+    cmd.args(["build", "--package", "nstrail"]);
+    if release {
+        cmd.arg("--release");
+    }
+    checked(cmd, "cargo build")
+}
+
+fn test(env: &setup::BuildEnv, extra: &[String]) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { geteuid() } != 0 {
+        bail!("the tests load eBPF programs and make network namespaces: run them as root (sudo -E cargo xtask test)");
+    }
+    let mut cmd = cargo(env);
+    cmd.args(["test", "--workspace", "--exclude", "nstrail-probes", "--no-fail-fast"]).args(extra);
+    checked(cmd, "cargo test")
+}
+
+unsafe extern "C" {
+    fn geteuid() -> u32;
+}

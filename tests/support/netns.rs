@@ -1,0 +1,90 @@
+use std::{
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+/// Inode and unique id of a namespace, read the way users would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetnsIdentity {
+    pub inode: u32,
+    pub id: u64,
+}
+
+/// `NS_GET_ID`: _IOR(0xb7, 0xd, __u64) on an nsfs fd (Linux 6.18+): the
+/// namespace's 64-bit id, equal to its netns cookie.
+const NS_GET_ID: libc::c_ulong = 0x8008_b70d;
+
+impl NetnsIdentity {
+    /// Of an nsfs path: /proc/PID/ns/net, /proc/PID/task/TID/ns/net, /run/netns/NAME.
+    pub fn of_path(path: impl AsRef<Path>) -> Self {
+        let path = path.as_ref();
+        let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let inode = file.metadata().expect("stat nsfs file").ino() as u32;
+        let mut id: u64 = 0;
+        // SAFETY: valid fd, out pointer to a u64.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_ID, &mut id) };
+        assert_eq!(rc, 0, "NS_GET_ID on {}: {}", path.display(), std::io::Error::last_os_error());
+        Self { inode, id }
+    }
+
+    pub fn of_pid(pid: u32) -> Self {
+        Self::of_path(format!("/proc/{pid}/ns/net"))
+    }
+
+    pub fn of_self() -> Self {
+        Self::of_path("/proc/thread-self/ns/net")
+    }
+
+    /// The inode as `readlink /proc/PID/ns/net` prints it: `net:[INODE]`.
+    pub fn readlink_inode(pid: u32) -> u32 {
+        let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("readlink ns/net");
+        let text = link.to_string_lossy();
+        text.trim_start_matches("net:[").trim_end_matches(']').parse().expect("net:[inode]")
+    }
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A namespace made with `ip netns add`, deleted on drop (also when a test fails).
+pub struct NamedNetns {
+    pub name: String,
+    deleted: bool,
+}
+
+impl NamedNetns {
+    /// A unique name for this test process; the namespace is not made yet.
+    pub fn unique_name(tag: &str) -> String {
+        format!("nstrail-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Runs `ip netns add NAME` and returns the guard and the `ip` process.
+    pub fn add(tag: &str) -> (Self, crate::Ran) {
+        let name = Self::unique_name(tag);
+        let guard = Self { name: name.clone(), deleted: false };
+        let ran = crate::run_ok("ip", &["netns", "add", &name]);
+        (guard, ran)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    pub fn identity(&self) -> NetnsIdentity {
+        NetnsIdentity::of_path(self.path())
+    }
+
+    /// `ip netns del NAME` now; returns the `ip` process.
+    pub fn delete(&mut self) -> crate::Ran {
+        self.deleted = true;
+        crate::run_ok("ip", &["netns", "del", &self.name])
+    }
+}
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        if !self.deleted {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+        }
+    }
+}
