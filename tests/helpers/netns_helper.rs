@@ -5,6 +5,7 @@
 //!   netns-helper clone3            the same with clone3
 //!   netns-helper setns-thread PATH one thread of this process enters PATH alone
 //!   netns-helper churn N           N times: fork a child that unshares a netns and exits
+//!   netns-helper tcp-listen        hold a listening TCP socket until stdin closes
 
 use std::{os::fd::AsRawFd, process::ExitCode};
 
@@ -104,15 +105,23 @@ fn churn(count: u32) {
     println!("pid={} created={}", std::process::id(), count - failed);
 }
 
+fn tcp_listen() {
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap_or_else(|_| fail("bind"));
+    println!("listening port={}", listener.local_addr().map(|a| a.port()).unwrap_or(0));
+    let mut sink = String::new();
+    let _ = std::io::stdin().read_line(&mut sink);
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["clone"] => clone_child(false),
         ["clone3"] => clone_child(true),
         ["setns-thread", path] => setns_thread(path),
+        ["tcp-listen"] => tcp_listen(),
         ["churn", n] => churn(n.parse().unwrap_or_else(|_| fail("churn takes a count"))),
         _ => {
-            eprintln!("usage: netns-helper clone | clone3 | setns-thread PATH | churn N");
+            eprintln!("usage: netns-helper clone | clone3 | setns-thread PATH | churn N | tcp-listen");
             return ExitCode::from(2);
         }
     }

@@ -15,8 +15,12 @@ pub struct TestAgent {
 impl TestAgent {
     /// Loads and attaches every probe; fails the test if any did not attach.
     pub fn start() -> Self {
+        Self::start_with(LoadOptions::default())
+    }
+
+    pub fn start_with(options: LoadOptions) -> Self {
         crate::require_root();
-        let agent = BackgroundAgent::start(LoadOptions::default()).expect("agent loads its probes");
+        let agent = BackgroundAgent::start(options).expect("agent loads its probes");
         let failed: Vec<_> = agent.probes.iter().filter(|p| !p.attached).collect();
         assert!(failed.is_empty(), "probes failed to attach: {failed:?}");
         Self { agent: Some(agent), log: EventLog::default() }
@@ -91,6 +95,11 @@ impl EventLog {
                 other => other.netns().is_some_and(|n| n.id == id),
             })
             .collect()
+    }
+
+    /// Events of one type whose actor is process `pid`.
+    pub fn by_pid_of_type(&self, pid: u32, type_name: &str) -> Vec<&Event> {
+        self.by_pid(pid).into_iter().filter(|e| e.body.type_name() == type_name).collect()
     }
 
     /// Events whose actor is process `pid`.

@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use nstrail::{
     agent::Agent,
+    config::Config,
     export::{Exporter, JsonLinesExporter, TextExporter},
     loader::LoadOptions,
 };
@@ -29,6 +30,9 @@ pub struct RunArgs {
     /// Size of the kernel event ring buffer in MiB (a power of two).
     #[arg(long, default_value_t = 8, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
+    /// Configuration file (TOML); default /etc/nstrail/nstrail.toml when it exists.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -57,7 +61,11 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let options = LoadOptions { ring_buffer_bytes: args.ring_buffer_mib * 1024 * 1024 };
+        let config = Config::load(args.config.as_deref())?;
+        let options = LoadOptions {
+            ring_buffer_bytes: args.ring_buffer_mib * 1024 * 1024,
+            sysctl_policy: config.sysctl_policy,
+        };
         let agent = Agent::load(&options)?;
         let stdout = std::io::stdout();
         let mut exporters: Vec<Box<dyn Exporter>> = match args.format {

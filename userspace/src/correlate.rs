@@ -3,12 +3,15 @@
 
 use nstrail_abi::{
     netns::{create_via, destroy_seen_at},
+    sysctl::{sysctl_flags, sysctl_result, SysctlWriteEvent},
     NetnsRef,
 };
 
 use crate::{
     decode::KernelEvent,
-    event::{Actor, Child, CreateVia, DestroySeenAt, Event, EventBody, Netns},
+    event::{Actor, Child, CreateVia, DestroySeenAt, Event, EventBody, Netns, SysctlResult},
+    netns_state::{tcp_sockets_in_use, SysctlOverrides},
+    sysctl_text::{dotted_name, value_text},
 };
 
 /// Converts CLOCK_BOOTTIME nanoseconds (what the probes stamp) to wall time.
@@ -104,15 +107,53 @@ fn via(v: u32) -> CreateVia {
     }
 }
 
-/// Numbers records and stamps them with wall time.
+fn sysctl_write(e: &SysctlWriteEvent) -> EventBody {
+    let text = |bytes: &[u8], len: u32| value_text(&bytes[..(len as usize).min(bytes.len())]);
+    let sysctl = dotted_name(&e.name[..(e.name_len as usize).min(e.name.len())]);
+    let result = match e.result {
+        sysctl_result::APPLIED => SysctlResult::Applied,
+        sysctl_result::REJECTED => SysctlResult::Rejected,
+        sysctl_result::DENIED => SysctlResult::Denied,
+        _ => SysctlResult::Unknown,
+    };
+    let netns = netns(e.netns);
+    let tcp_sockets_in_use = if sysctl.starts_with("net.") {
+        tcp_sockets_in_use(e.actor.pid, e.actor.tid, netns.inode)
+    } else {
+        None
+    };
+    EventBody::SysctlWrite {
+        old: (e.flags & sysctl_flags::OLD_UNAVAILABLE == 0).then(|| text(&e.old_value, e.old_len)),
+        new: text(&e.new_value, e.new_len),
+        truncated: e.flags
+            & (sysctl_flags::NAME_TRUNCATED | sysctl_flags::OLD_TRUNCATED | sysctl_flags::NEW_TRUNCATED)
+            != 0,
+        errno: matches!(result, SysctlResult::Rejected | SysctlResult::Denied).then_some(e.errno),
+        rule: (e.rule != 0).then_some(e.rule),
+        result,
+        sysctl,
+        netns,
+        actor: actor(&e.actor),
+        tcp_sockets_in_use,
+    }
+}
+
+/// Numbers records, stamps them with wall time, and keeps per-namespace
+/// state the events imply.
 pub struct Correlator {
     next_seq: u64,
     clock: WallClock,
+    overrides: SysctlOverrides,
 }
 
 impl Correlator {
     pub fn new() -> Self {
-        Self { next_seq: 1, clock: WallClock::new() }
+        Self { next_seq: 1, clock: WallClock::new(), overrides: SysctlOverrides::default() }
+    }
+
+    /// Sysctls written in each namespace since the agent started.
+    pub fn sysctl_overrides(&self) -> &SysctlOverrides {
+        &self.overrides
     }
 
     /// A record that did not come from the kernel (lost counts, agent state).
@@ -152,9 +193,21 @@ impl Correlator {
                     },
                 },
             ),
+            KernelEvent::SysctlWrite(e) => (e.header.boot_ns, sysctl_write(e)),
         };
+        self.remember(&body);
         let ts = rfc3339(self.clock.unix_ns(boot_ns));
         self.stamp(ts, body)
+    }
+
+    fn remember(&mut self, body: &EventBody) {
+        match body {
+            EventBody::SysctlWrite { sysctl, new, result: SysctlResult::Applied, netns, .. } => {
+                self.overrides.record(netns.id, sysctl, new)
+            }
+            EventBody::NetnsDestroy { netns, .. } => self.overrides.forget(netns.id),
+            _ => {}
+        }
     }
 
     fn stamp(&mut self, ts: String, body: EventBody) -> Event {

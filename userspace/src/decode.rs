@@ -4,15 +4,17 @@
 use nstrail_abi::{
     event_kind,
     netns::{NetnsCreateEvent, NetnsDestroyEvent, NetnsEnterEvent},
+    sysctl::SysctlWriteEvent,
     EventHeader,
 };
 
 /// A record of the kernel side, as written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelEvent {
     NetnsCreate(NetnsCreateEvent),
     NetnsEnter(NetnsEnterEvent),
     NetnsDestroy(NetnsDestroyEvent),
+    SysctlWrite(Box<SysctlWriteEvent>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +42,9 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         event_kind::NETNS_CREATE => read_record(bytes, "netns_create event").map(KernelEvent::NetnsCreate),
         event_kind::NETNS_ENTER => read_record(bytes, "netns_enter event").map(KernelEvent::NetnsEnter),
         event_kind::NETNS_DESTROY => read_record(bytes, "netns_destroy event").map(KernelEvent::NetnsDestroy),
+        event_kind::SYSCTL_WRITE => {
+            read_record(bytes, "sysctl_write event").map(|e| KernelEvent::SysctlWrite(Box::new(e)))
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -50,6 +55,7 @@ pub fn kind_name(kind: u32) -> &'static str {
         event_kind::NETNS_CREATE => "netns_create",
         event_kind::NETNS_ENTER => "netns_enter",
         event_kind::NETNS_DESTROY => "netns_destroy",
+        event_kind::SYSCTL_WRITE => "sysctl_write",
         _ => "unknown",
     }
 }
@@ -96,6 +102,12 @@ mod tests {
             _pad: 0,
         };
         assert_eq!(decode(&bytes_of(&destroy)), Ok(KernelEvent::NetnsDestroy(destroy)));
+
+        let mut sysctl = SysctlWriteEvent::zeroed();
+        sysctl.header = EventHeader { kind: event_kind::SYSCTL_WRITE, ..enter.header };
+        sysctl.name[..19].copy_from_slice(b"net/ipv4/ip_forward");
+        sysctl.name_len = 19;
+        assert_eq!(decode(&bytes_of(&sysctl)), Ok(KernelEvent::SysctlWrite(Box::new(sysctl))));
     }
 
     #[test]

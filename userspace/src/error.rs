@@ -26,6 +26,10 @@ pub enum Error {
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("no probe could be attached: {0}")]
     NothingAttached(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("the sysctl policy has netns = \"host\"/\"other\" rules but the host namespace's id cannot be read: {0}")]
+    HostNetns(std::io::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -48,11 +48,30 @@ pub enum DestroySeenAt {
     CleanupEnd,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SysctlResult {
+    /// The write(2) that carried the value succeeded.
+    Applied,
+    /// The write(2) failed: the kernel refused the value (`errno`).
+    Rejected,
+    /// nstrail's policy refused it; the writer got EPERM.
+    Denied,
+    /// The write went through a path nstrail does not watch (io_uring, splice).
+    Unknown,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// A probe's state after the agent tried to attach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeStatus {
     pub probe: String,
     pub sensor: String,
+    /// Where it attaches: `syscalls/sys_exit_write`, `tp_btf/sched_process_fork`, `cgroup/sysctl`.
+    pub hook: String,
     pub attached: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -80,6 +99,32 @@ pub enum EventBody {
         actor: Actor,
         seen_at: DestroySeenAt,
     },
+    SysctlWrite {
+        /// Dotted name, as sysctl(8) prints it.
+        sysctl: String,
+        /// Value before the write (trimmed); absent when the kernel could not read it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        old: Option<String>,
+        /// Value written (trimmed).
+        new: String,
+        /// Set when the name or a value was longer than the probe keeps.
+        #[serde(default, skip_serializing_if = "is_false")]
+        truncated: bool,
+        result: SysctlResult,
+        /// errno of a rejected or denied write.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        errno: Option<u32>,
+        /// 1-based index of the policy rule that decided, if any matched.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<u32>,
+        /// The namespace the write acts on (the writer's).
+        netns: Netns,
+        actor: Actor,
+        /// TCP sockets in use in that namespace when the agent saw the write
+        /// (net.* only; absent when no process of the namespace could be read).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tcp_sockets_in_use: Option<u64>,
+    },
     /// Events the kernel side could not deliver (ring buffer full), counted
     /// in-kernel per event type since the previous `lost` record.
     Lost {
@@ -101,6 +146,7 @@ impl EventBody {
             Self::NetnsCreate { .. } => "netns_create",
             Self::NetnsEnter { .. } => "netns_enter",
             Self::NetnsDestroy { .. } => "netns_destroy",
+            Self::SysctlWrite { .. } => "sysctl_write",
             Self::Lost { .. } => "lost",
             Self::AgentStart { .. } => "agent_start",
         }
@@ -111,7 +157,8 @@ impl EventBody {
         match self {
             Self::NetnsCreate { netns, .. }
             | Self::NetnsEnter { netns, .. }
-            | Self::NetnsDestroy { netns, .. } => Some(*netns),
+            | Self::NetnsDestroy { netns, .. }
+            | Self::SysctlWrite { netns, .. } => Some(*netns),
             Self::Lost { .. } | Self::AgentStart { .. } => None,
         }
     }
@@ -120,7 +167,8 @@ impl EventBody {
         match self {
             Self::NetnsCreate { actor, .. }
             | Self::NetnsEnter { actor, .. }
-            | Self::NetnsDestroy { actor, .. } => Some(actor),
+            | Self::NetnsDestroy { actor, .. }
+            | Self::SysctlWrite { actor, .. } => Some(actor),
             Self::Lost { .. } | Self::AgentStart { .. } => None,
         }
     }

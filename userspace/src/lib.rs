@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod btf;
+pub mod config;
 pub mod correlate;
 pub mod decode;
 mod error;
@@ -14,8 +15,11 @@ pub mod event;
 pub mod export;
 pub mod kernel_layout;
 pub mod loader;
+pub mod netns_state;
+pub mod policy;
 pub mod preflight;
 pub mod reader;
 pub mod sensors;
+pub mod sysctl_text;
 
 pub use error::Error;

@@ -103,3 +103,22 @@ fn bad_arguments_are_refused_with_the_reason() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'xml'"));
 }
+
+#[test]
+fn an_invalid_policy_file_is_refused_at_start_with_line_and_reason() {
+    let dir = std::env::temp_dir().join(format!("nstrail-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[sysctl_policy]\nenabled = true\n\n[[sysctl_policy.rules]]\naction = \"deny\"\nsysctl = \"net.*\"\nnetns = \"elsewhere\"\n")
+        .expect("write config");
+    let out = Command::new(NSTRAIL).args(["run", "--config"]).arg(&path).output().expect("run nstrail");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("nstrail: error: config {}: line 7: unknown variant `elsewhere`, expected one of `any`, `host`, `other`", path.display());
+    assert_eq!(stderr.trim(), expected);
+
+    let missing = Command::new(NSTRAIL).args(["run", "--config", "/nonexistent/nstrail.toml"]).output().expect("run");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config /nonexistent/nstrail.toml: No such file"));
+}

@@ -8,6 +8,7 @@
 
 pub mod layout;
 pub mod netns;
+pub mod sysctl;
 
 pub use layout::KernelLayout;
 
@@ -19,8 +20,9 @@ pub mod event_kind {
     pub const NETNS_CREATE: u32 = 1;
     pub const NETNS_ENTER: u32 = 2;
     pub const NETNS_DESTROY: u32 = 3;
+    pub const SYSCTL_WRITE: u32 = 4;
     /// One past the largest kind: the length of the lost-events counter array.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Names of the maps the agent opens. One place, so neither side spells them twice.
@@ -28,10 +30,13 @@ pub mod map_name {
     pub const EVENTS: &str = "EVENTS";
     pub const LOST_EVENTS: &str = "LOST_EVENTS";
     pub const PROBE_ERRORS: &str = "PROBE_ERRORS";
+    pub const SYSCTL_POLICY: &str = "SYSCTL_POLICY";
 }
 
 /// Name of the global the agent fills with struct offsets of the running kernel.
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";
+/// Name of the global holding the host network namespace's cookie (that of pid 1).
+pub const HOST_NETNS_COOKIE_GLOBAL: &str = "HOST_NETNS_COOKIE";
 
 /// Indices of the per-CPU `PROBE_ERRORS` counters.
 pub mod probe_error {
@@ -41,7 +46,11 @@ pub mod probe_error {
     pub const NETNS_WALK_TRUNCATED: u32 = 1;
     /// The layout global was never filled in by the agent.
     pub const LAYOUT_MISSING: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// A sysctl write could not be parked until its syscall returned.
+    pub const SYSCTL_PENDING_FULL: u32 = 3;
+    /// A policy glob hit its step bound; the rule was taken as not matching.
+    pub const SYSCTL_GLOB_BOUND: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// First bytes of every record in the events ring buffer.
@@ -102,4 +111,6 @@ mod pod {
     unsafe impl aya::Pod for super::netns::NetnsCreateEvent {}
     unsafe impl aya::Pod for super::netns::NetnsEnterEvent {}
     unsafe impl aya::Pod for super::netns::NetnsDestroyEvent {}
+    unsafe impl aya::Pod for super::sysctl::SysctlWriteEvent {}
+    unsafe impl aya::Pod for super::sysctl::SysctlRule {}
 }

@@ -9,15 +9,17 @@ mod kernel;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod netns_lifecycle;
+#[cfg(target_arch = "bpf")]
+mod sysctl_write;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        macros::{btf_tracepoint, tracepoint},
-        programs::{BtfTracePointContext, TracePointContext},
+        macros::{btf_tracepoint, cgroup_sysctl, tracepoint},
+        programs::{BtfTracePointContext, SysctlContext, TracePointContext},
     };
 
-    use crate::netns_lifecycle as lifecycle;
+    use crate::{netns_lifecycle as lifecycle, sysctl_write};
 
     #[tracepoint(category = "syscalls", name = "sys_enter_unshare")]
     pub fn netns_unshare_enter(ctx: TracePointContext) -> u32 {
@@ -58,6 +60,19 @@ mod programs {
     #[btf_tracepoint(function = "workqueue_execute_end")]
     pub fn netns_cleanup_end(ctx: BtfTracePointContext) -> i32 {
         lifecycle::on_work_end(&ctx);
+        0
+    }
+
+    #[cgroup_sysctl]
+    pub fn sysctl_access(ctx: SysctlContext) -> i32 {
+        sysctl_write::on_sysctl(&ctx)
+    }
+
+    /// Attached to the exit of every write-family syscall (write, pwrite64,
+    /// writev, pwritev, pwritev2): the outcome of a parked sysctl write.
+    #[tracepoint(category = "syscalls", name = "sys_exit_write")]
+    pub fn sysctl_write_exit(ctx: TracePointContext) -> u32 {
+        sysctl_write::on_write_exit(&ctx);
         0
     }
 }

@@ -43,11 +43,19 @@ pub fn format_line(event: &Event) -> String {
         EventBody::NetnsDestroy { netns, actor, .. } => {
             format!("netns {} destroyed by {}", ns(netns), who(actor))
         }
+        EventBody::SysctlWrite { sysctl, old, new, result, errno, netns, actor, tcp_sockets_in_use, .. } => {
+            let old = old.as_deref().unwrap_or("?");
+            let errno = errno.map(|e| format!(" errno={e}")).unwrap_or_default();
+            let tcp = tcp_sockets_in_use.map(|n| format!(" tcp_sockets_in_use={n}")).unwrap_or_default();
+            let result = serde_json::to_value(result).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            format!("sysctl {sysctl}: {old} -> {new} {result}{errno} in netns {}{tcp} by {}", ns(netns), who(actor))
+        }
         EventBody::Lost { count, event_type } => {
             format!("LOST {count} {event_type} events (kernel ring buffer full)")
         }
         EventBody::AgentStart { version, kernel, probes } => {
-            let failed: Vec<_> = probes.iter().filter(|p| !p.attached).map(|p| p.probe.as_str()).collect();
+            let failed: Vec<_> =
+                probes.iter().filter(|p| !p.attached).map(|p| format!("{} at {}", p.probe, p.hook)).collect();
             let attached = probes.len() - failed.len();
             if failed.is_empty() {
                 format!("nstrail {version} on Linux {kernel}: {attached} probes attached")

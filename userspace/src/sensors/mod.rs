@@ -2,6 +2,7 @@
 //! where they attach. The loader attaches them all and reports each one.
 
 pub mod netns_lifecycle;
+pub mod sysctl_write;
 
 /// Where a program attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -10,9 +11,24 @@ pub enum Hook {
     Tracepoint { category: &'static str, name: &'static str },
     /// A BTF-typed raw tracepoint (`tp_btf/<name>`).
     BtfTracepoint { name: &'static str },
+    /// `cgroup/sysctl` on the root of the cgroup2 hierarchy (through a
+    /// bpf_link, so other agents' programs there keep running).
+    CgroupSysctl,
 }
 
-/// One kernel program of a sensor.
+impl Hook {
+    /// Where it attaches, for messages: `syscalls/sys_exit_write`, `tp_btf/...`.
+    pub fn describe(&self) -> String {
+        match self {
+            Hook::Tracepoint { category, name } => format!("{category}/{name}"),
+            Hook::BtfTracepoint { name } => format!("tp_btf/{name}"),
+            Hook::CgroupSysctl => "cgroup/sysctl".to_owned(),
+        }
+    }
+}
+
+/// One kernel program of a sensor at one hook (a program may be listed
+/// several times, once per hook).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
     /// The program's function name in ebpf-probes/programs.
@@ -28,4 +44,4 @@ pub struct Sensor {
 }
 
 /// Every sensor the agent runs.
-pub const ALL: &[Sensor] = &[netns_lifecycle::SENSOR];
+pub const ALL: &[Sensor] = &[netns_lifecycle::SENSOR, sysctl_write::SENSOR];

@@ -1,0 +1,86 @@
+//! What the agent remembers per network namespace from the events it saw.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Sysctls whose value was written in each namespace (its overrides), by
+/// namespace id. A namespace's entry goes when it is destroyed.
+#[derive(Debug, Default)]
+pub struct SysctlOverrides {
+    by_netns: HashMap<u64, BTreeMap<String, String>>,
+}
+
+impl SysctlOverrides {
+    pub fn record(&mut self, netns_id: u64, sysctl: &str, value: &str) {
+        self.by_netns.entry(netns_id).or_default().insert(sysctl.to_owned(), value.to_owned());
+    }
+
+    pub fn forget(&mut self, netns_id: u64) {
+        self.by_netns.remove(&netns_id);
+    }
+
+    pub fn of(&self, netns_id: u64) -> Option<&BTreeMap<String, String>> {
+        self.by_netns.get(&netns_id)
+    }
+}
+
+/// TCP sockets in use in the network namespace of task `tid` of process
+/// `pid`, from /proc/PID/task/TID/net/sockstat, if that task is still in
+/// the namespace with inode `inode`.
+pub fn tcp_sockets_in_use(pid: u32, tid: u32, inode: u32) -> Option<u64> {
+    for dir in [format!("/proc/{pid}/task/{tid}"), format!("/proc/{pid}")] {
+        let still_there = std::fs::read_link(format!("{dir}/ns/net"))
+            .is_ok_and(|l| l.to_string_lossy() == format!("net:[{inode}]"));
+        if !still_there {
+            continue;
+        }
+        if let Ok(text) = std::fs::read_to_string(format!("{dir}/net/sockstat")) {
+            return parse_tcp_inuse(&text);
+        }
+    }
+    None
+}
+
+/// `inuse` of the `TCP:` line of /proc/net/sockstat.
+pub fn parse_tcp_inuse(sockstat: &str) -> Option<u64> {
+    let line = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "inuse" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sockstat() {
+        let text = "sockets: used 142\nTCP: inuse 7 orphan 0 tw 2 alloc 9 mem 1\nUDP: inuse 3 mem 2\n";
+        assert_eq!(parse_tcp_inuse(text), Some(7));
+        assert_eq!(parse_tcp_inuse("UDP: inuse 3\n"), None);
+    }
+
+    #[test]
+    fn overrides_follow_writes_and_destroys() {
+        let mut o = SysctlOverrides::default();
+        o.record(9, "net.ipv4.ip_forward", "1");
+        o.record(9, "net.ipv4.ip_forward", "0");
+        o.record(9, "net.ipv4.tcp_keepalive_time", "600");
+        let seen: Vec<_> = o.of(9).unwrap().iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(seen, ["net.ipv4.ip_forward=0", "net.ipv4.tcp_keepalive_time=600"]);
+        o.forget(9);
+        assert!(o.of(9).is_none());
+    }
+
+    #[test]
+    fn reads_own_namespace_socket_count() {
+        let me = std::process::id();
+        let link = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let inode: u32 = link.to_string_lossy().trim_start_matches("net:[").trim_end_matches(']').parse().unwrap();
+        assert!(tcp_sockets_in_use(me, me, inode).is_some());
+        assert_eq!(tcp_sockets_in_use(me, me, inode.wrapping_add(1)), None, "another namespace is not read");
+    }
+}
