@@ -67,7 +67,8 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
             sysctl_policy: config.sysctl_policy,
         };
         let agent = Agent::load(&options)?;
-        let stdout = std::io::stdout();
+        // Buffered: the agent flushes after every batch it drains, not every line.
+        let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
         let mut exporters: Vec<Box<dyn Exporter>> = match args.format {
             Format::Json => vec![Box::new(JsonLinesExporter::new(stdout))],
             Format::Text => vec![Box::new(TextExporter::new(stdout))],

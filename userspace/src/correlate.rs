@@ -10,7 +10,7 @@ use nstrail_abi::{
 use crate::{
     decode::KernelEvent,
     event::{Actor, Child, CreateVia, DestroySeenAt, Event, EventBody, Netns, SysctlResult},
-    netns_state::{tcp_sockets_in_use, SysctlOverrides},
+    netns_state::{SocketCounts, SysctlOverrides},
     sysctl_text::{dotted_name, value_text},
 };
 
@@ -107,7 +107,7 @@ fn via(v: u32) -> CreateVia {
     }
 }
 
-fn sysctl_write(e: &SysctlWriteEvent) -> EventBody {
+fn sysctl_write(e: &SysctlWriteEvent, sockets: &mut SocketCounts) -> EventBody {
     let text = |bytes: &[u8], len: u32| value_text(&bytes[..(len as usize).min(bytes.len())]);
     let sysctl = dotted_name(&e.name[..(e.name_len as usize).min(e.name.len())]);
     let result = match e.result {
@@ -118,7 +118,7 @@ fn sysctl_write(e: &SysctlWriteEvent) -> EventBody {
     };
     let netns = netns(e.netns);
     let tcp_sockets_in_use = if sysctl.starts_with("net.") {
-        tcp_sockets_in_use(e.actor.pid, e.actor.tid, netns.inode)
+        sockets.tcp_in_use(netns.id, netns.inode, e.actor.pid, e.actor.tid)
     } else {
         None
     };
@@ -144,11 +144,17 @@ pub struct Correlator {
     next_seq: u64,
     clock: WallClock,
     overrides: SysctlOverrides,
+    sockets: SocketCounts,
 }
 
 impl Correlator {
     pub fn new() -> Self {
-        Self { next_seq: 1, clock: WallClock::new(), overrides: SysctlOverrides::default() }
+        Self {
+            next_seq: 1,
+            clock: WallClock::new(),
+            overrides: SysctlOverrides::default(),
+            sockets: SocketCounts::default(),
+        }
     }
 
     /// Sysctls written in each namespace since the agent started.
@@ -193,7 +199,7 @@ impl Correlator {
                     },
                 },
             ),
-            KernelEvent::SysctlWrite(e) => (e.header.boot_ns, sysctl_write(e)),
+            KernelEvent::SysctlWrite(e) => (e.header.boot_ns, sysctl_write(e, &mut self.sockets)),
         };
         self.remember(&body);
         let ts = rfc3339(self.clock.unix_ns(boot_ns));
@@ -205,7 +211,10 @@ impl Correlator {
             EventBody::SysctlWrite { sysctl, new, result: SysctlResult::Applied, netns, .. } => {
                 self.overrides.record(netns.id, sysctl, new)
             }
-            EventBody::NetnsDestroy { netns, .. } => self.overrides.forget(netns.id),
+            EventBody::NetnsDestroy { netns, .. } => {
+                self.overrides.forget(netns.id);
+                self.sockets.forget(netns.id);
+            }
             _ => {}
         }
     }

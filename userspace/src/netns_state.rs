@@ -1,6 +1,9 @@
 //! What the agent remembers per network namespace from the events it saw.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
 
 /// Sysctls whose value was written in each namespace (its overrides), by
 /// namespace id. A namespace's entry goes when it is destroyed.
@@ -20,6 +23,37 @@ impl SysctlOverrides {
 
     pub fn of(&self, netns_id: u64) -> Option<&BTreeMap<String, String>> {
         self.by_netns.get(&netns_id)
+    }
+}
+
+/// How long a namespace's socket count is reused within a burst of writes.
+const SOCKET_COUNT_REUSE: Duration = Duration::from_millis(20);
+
+/// Socket counts per namespace id, sampled at most every 20 ms each, so a
+/// burst of writes does not cost a procfs read apiece.
+#[derive(Debug, Default)]
+pub struct SocketCounts {
+    sampled: HashMap<u64, (Instant, Option<u64>)>,
+}
+
+impl SocketCounts {
+    pub fn tcp_in_use(&mut self, netns_id: u64, inode: u32, pid: u32, tid: u32) -> Option<u64> {
+        let now = Instant::now();
+        if let Some((at, count)) = self.sampled.get(&netns_id) {
+            if now.duration_since(*at) < SOCKET_COUNT_REUSE && count.is_some() {
+                return *count;
+            }
+        }
+        let count = tcp_sockets_in_use(pid, tid, inode);
+        if self.sampled.len() > 4096 {
+            self.sampled.retain(|_, (at, _)| now.duration_since(*at) < SOCKET_COUNT_REUSE);
+        }
+        self.sampled.insert(netns_id, (now, count));
+        count
+    }
+
+    pub fn forget(&mut self, netns_id: u64) {
+        self.sampled.remove(&netns_id);
     }
 }
 

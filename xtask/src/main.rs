@@ -1,15 +1,16 @@
-//! `cargo xtask <task>`: setup, build, run, test.
+//! `cargo xtask <task>`: setup, build, run, test, bench.
 //!
 //! Every task but `setup` runs setup first, so a fresh clone needs nothing
 //! but `cargo xtask test` (as root) or `cargo xtask run`.
 
+mod bench;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Context as _, Result};
 
-const USAGE: &str = "usage: cargo xtask <setup | build [--release] | run [NSTRAIL ARGS...] | test [CARGO TEST ARGS...]>";
+const USAGE: &str = "usage: cargo xtask <setup | build [--release] | run [NSTRAIL ARGS...] | test [CARGO TEST ARGS...] | bench [--rounds N] [CASE]>";
 
 fn main() -> std::process::ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -49,6 +50,25 @@ fn run(args: Vec<String>) -> Result<()> {
             let env = setup::run()?;
             test(&env, rest)
         }
+        "bench" => {
+            let env = setup::run()?;
+            require_root("the benchmarks load the agent and make namespaces")?;
+            let mut rounds = 5;
+            let mut only = None;
+            let mut args = rest.iter();
+            while let Some(arg) = args.next() {
+                match arg.as_str() {
+                    "--rounds" => {
+                        rounds = args.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0).context("--rounds takes a number above 0")?
+                    }
+                    case => only = Some(case.to_owned()),
+                }
+            }
+            let mut cmd = cargo(&env);
+            cmd.args(["build", "--release", "--package", "nstrail", "--package", "nstrail-bench"]);
+            checked(cmd, "cargo build --release")?;
+            bench::run(&workspace_root(), rounds, only.as_deref())
+        }
         other => bail!("unknown task `{other}`\n{USAGE}"),
     }
 }
@@ -81,11 +101,16 @@ fn build(env: &setup::BuildEnv, release: bool) -> Result<()> {
     checked(cmd, "cargo build")
 }
 
-fn test(env: &setup::BuildEnv, extra: &[String]) -> Result<()> {
+fn require_root(why: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { geteuid() } != 0 {
-        bail!("the tests load eBPF programs and make network namespaces: run them as root (sudo -E cargo xtask test)");
+        bail!("{why}: run as root (sudo -E cargo xtask ...)");
     }
+    Ok(())
+}
+
+fn test(env: &setup::BuildEnv, extra: &[String]) -> Result<()> {
+    require_root("the tests load eBPF programs and make network namespaces")?;
     let mut cmd = cargo(env);
     cmd.args(["test", "--workspace", "--exclude", "nstrail-probes", "--no-fail-fast"]).args(extra);
     checked(cmd, "cargo test")

@@ -1,0 +1,143 @@
+//! One benchmark workload per run: `nstrail-bench CASE ITERATIONS` runs the
+//! loop and prints `ns_per_op=N ops=N`. `cargo xtask bench` runs each case
+//! with the agent off and on, alternating, and compares.
+//!
+//! Traffic stays on loopback; sysctl writes go to a namespace of the
+//! benchmark's own, never the host's.
+
+use std::{ffi::CString, net::UdpSocket, process::ExitCode, time::Instant};
+
+fn fail(what: &str) -> ! {
+    eprintln!("nstrail-bench: {what}: {}", std::io::Error::last_os_error());
+    std::process::exit(2)
+}
+
+fn fork_and_wait(child: impl FnOnce()) {
+    // SAFETY: single-threaded process; the child runs async-signal-safe code and exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        fail("fork");
+    }
+    if pid == 0 {
+        child();
+        // SAFETY: leaving the child without running parent state's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
+fn fork_exit(n: u64) {
+    for _ in 0..n {
+        fork_and_wait(|| {});
+    }
+}
+
+fn fork_exec(n: u64) {
+    let path = CString::new("/bin/true").expect("path");
+    let argv = [path.as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null()];
+    for _ in 0..n {
+        fork_and_wait(|| {
+            // SAFETY: valid NUL-terminated argv/envp arrays.
+            unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        });
+    }
+}
+
+fn netns_churn(n: u64) {
+    for _ in 0..n {
+        fork_and_wait(|| {
+            // SAFETY: plain syscall in the child.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                unsafe { libc::_exit(1) };
+            }
+        });
+    }
+}
+
+fn into_private_netns() {
+    // SAFETY: single-threaded; the process leaves the host netns for good.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        fail("unshare(CLONE_NEWNET) for a private namespace");
+    }
+}
+
+/// Open, read and close a sysctl, as sysctl(8) does.
+fn sysctl_read(n: u64) {
+    let path = CString::new("/proc/sys/net/ipv4/tcp_keepalive_time").expect("path");
+    let mut buf = [0u8; 64];
+    for _ in 0..n {
+        // SAFETY: plain syscalls on our own fd and buffer.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+            if fd < 0 {
+                fail("open sysctl");
+            }
+            libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fd);
+        }
+    }
+}
+
+/// Open, write and close a sysctl in a namespace of our own.
+fn sysctl_write(n: u64) {
+    let path = CString::new("/proc/sys/net/ipv4/tcp_keepalive_time").expect("path");
+    let values: [&[u8]; 2] = [b"600\n", b"700\n"];
+    for i in 0..n {
+        let value = values[(i % 2) as usize];
+        // SAFETY: plain syscalls on our own fd and buffer.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                fail("open sysctl");
+            }
+            if libc::write(fd, value.as_ptr().cast(), value.len()) < 0 {
+                fail("write sysctl");
+            }
+            libc::close(fd);
+        }
+    }
+}
+
+/// UDP datagrams to a socket on loopback: traffic no probe should tax.
+fn udp_sendmsg(n: u64) {
+    let receiver = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|_| fail("bind receiver"));
+    let target = receiver.local_addr().expect("addr");
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|_| fail("bind sender"));
+    sender.connect(target).unwrap_or_else(|_| fail("connect"));
+    let payload = [0u8; 64];
+    for _ in 0..n {
+        // A full receive buffer drops datagrams at the receiver; send still succeeds.
+        let _ = sender.send(&payload);
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(case), Some(Ok(n))) = (args.first(), args.get(1).map(|s| s.parse::<u64>())) else {
+        eprintln!("usage: nstrail-bench fork-exit|fork-exec|netns-churn|sysctl-read|sysctl-write|udp-sendmsg ITERATIONS");
+        return ExitCode::from(2);
+    };
+    let run: fn(u64) = match case.as_str() {
+        "fork-exit" => fork_exit,
+        "fork-exec" => fork_exec,
+        "netns-churn" => netns_churn,
+        "sysctl-read" => sysctl_read,
+        "sysctl-write" => {
+            into_private_netns();
+            sysctl_write
+        }
+        "udp-sendmsg" => udp_sendmsg,
+        other => {
+            eprintln!("nstrail-bench: unknown case {other}");
+            return ExitCode::from(2);
+        }
+    };
+    let start = Instant::now();
+    run(n);
+    let elapsed = start.elapsed().as_nanos() as u64;
+    println!("ns_per_op={} ops={n}", elapsed / n.max(1));
+    ExitCode::SUCCESS
+}

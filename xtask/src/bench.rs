@@ -1,0 +1,191 @@
+//! `cargo xtask bench`: every workload with the agent off and on,
+//! alternating within one run, reported as ratios (median and spread),
+//! plus the agent's CPU time per 1,000 events. Results are printed as a
+//! table and written to target/bench/results.json.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// (case, iterations per round, what it shows)
+const CASES: &[(&str, u64, &str)] = &[
+    ("fork-exit", 3000, "fork+exit: tp_btf/sched_process_fork on every fork"),
+    ("fork-exec", 1000, "fork+exec of /bin/true"),
+    ("netns-churn", 400, "unshare(CLONE_NEWNET) in a child that exits: create+destroy"),
+    ("sysctl-read", 50000, "open+read+close of a /proc/sys file (cgroup/sysctl returns at once)"),
+    ("sysctl-write", 10000, "open+write+close of a sysctl in a private netns (one event each)"),
+    ("udp-sendmsg", 300000, "UDP send on loopback: unrelated traffic"),
+];
+
+struct Sample {
+    off: Vec<f64>,
+    on: Vec<f64>,
+    agent_cpu_ms: f64,
+    events: u64,
+    lost: u64,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.len() / 2;
+    if v.len() % 2 == 0 { (v[mid - 1] + v[mid]) / 2.0 } else { v[mid] }
+}
+
+fn run_workload(bench: &Path, case: &str, iterations: u64) -> Result<f64> {
+    let out = Command::new(bench).args([case, &iterations.to_string()]).output().with_context(|| format!("running {case}"))?;
+    if !out.status.success() {
+        bail!("workload {case} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("ns_per_op="))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("workload {case} printed no ns_per_op: {text}"))
+}
+
+/// A running agent whose JSON output is counted, not kept.
+struct RunningAgent {
+    child: Child,
+    events: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    fn start(nstrail: &Path) -> Result<Self> {
+        let mut child = Command::new(nstrail)
+            .args(["run"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the agent")?;
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        match lines.next() {
+            Some(Ok(first)) if first.contains("\"agent_start\"") => {}
+            other => bail!("the agent did not start: {other:?}"),
+        }
+        let events = Arc::new(AtomicU64::new(0));
+        let lost = Arc::new(AtomicU64::new(0));
+        let (e, l) = (events.clone(), lost.clone());
+        let reader = std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if line.contains("\"type\":\"lost\"") {
+                    let count = line.split("\"count\":").nth(1).and_then(|r| r.split([',', '}']).next()).and_then(|n| n.parse().ok());
+                    l.fetch_add(count.unwrap_or(1), Ordering::Relaxed);
+                } else {
+                    e.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(Self { child, events, lost, reader: Some(reader) })
+    }
+
+    /// utime + stime of the agent, in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let after_comm = stat.rsplit(')').next().unwrap_or_default();
+        let fields: Vec<&str> = after_comm.split_whitespace().collect();
+        // Fields after the comm: state is index 0; utime and stime are 11 and 12.
+        fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    }
+
+    fn stop(mut self) -> Result<(u64, u64)> {
+        // SAFETY: signalling our own child.
+        unsafe { kill(self.child.id() as i32, 15) };
+        let status = self.child.wait()?;
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        if !status.success() {
+            bail!("the agent exited with {status}");
+        }
+        Ok((self.events.load(Ordering::Relaxed), self.lost.load(Ordering::Relaxed)))
+    }
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+    fn sysconf(name: i32) -> i64;
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()).unwrap_or_default();
+    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} x {model}, Linux {}", kernel.trim())
+}
+
+pub fn run(root: &Path, rounds: usize, only: Option<&str>) -> Result<()> {
+    let nstrail = root.join("target/release/nstrail");
+    let bench = root.join("target/release/nstrail-bench");
+    // SAFETY: sysconf has no preconditions; 2 = _SC_CLK_TCK.
+    let ticks_per_s = unsafe { sysconf(2) }.max(1) as f64;
+    let mut results = Vec::new();
+    for &(case, iterations, about) in CASES.iter().filter(|(c, _, _)| only.is_none_or(|o| o == *c)) {
+        eprintln!("bench: {case} ({iterations} ops x {rounds} rounds, agent off and on alternating)");
+        // Warm-up, not measured.
+        run_workload(&bench, case, iterations / 10 + 1)?;
+        let mut sample = Sample { off: vec![], on: vec![], agent_cpu_ms: 0.0, events: 0, lost: 0 };
+        for round in 0..rounds {
+            let on_first = round % 2 == 1;
+            for agent_on in [on_first, !on_first] {
+                if agent_on {
+                    let agent = RunningAgent::start(&nstrail)?;
+                    let before = agent.cpu_ticks();
+                    sample.on.push(run_workload(&bench, case, iterations)?);
+                    // Let the agent drain what the round produced, then count its CPU.
+                    std::thread::sleep(Duration::from_millis(300));
+                    sample.agent_cpu_ms += (agent.cpu_ticks() - before) as f64 * 1000.0 / ticks_per_s;
+                    let (events, lost) = agent.stop()?;
+                    sample.events += events;
+                    sample.lost += lost;
+                } else {
+                    sample.off.push(run_workload(&bench, case, iterations)?);
+                }
+            }
+        }
+        results.push((case, about, iterations, sample));
+    }
+
+    let mut table = String::new();
+    table.push_str(&format!("machine: {}\n", machine()));
+    table.push_str("| case | off ns/op (median) | on ns/op (median) | ratio on/off | ratio spread (min-max of rounds) | events | lost | agent CPU ms per 1,000 events |\n");
+    table.push_str("|---|---|---|---|---|---|---|---|\n");
+    let mut json = Vec::new();
+    for (case, about, iterations, s) in &results {
+        let ratios: Vec<f64> = s.on.iter().zip(&s.off).map(|(on, off)| on / off).collect();
+        let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let (m_off, m_on) = (median(&s.off), median(&s.on));
+        let cpu_per_k = if s.events > 0 { format!("{:.1}", s.agent_cpu_ms * 1000.0 / s.events as f64) } else { "-".into() };
+        table.push_str(&format!(
+            "| {case} | {m_off:.0} | {m_on:.0} | {:.3} | {lo:.3}-{hi:.3} | {} | {} | {cpu_per_k} |\n",
+            m_on / m_off,
+            s.events,
+            s.lost
+        ));
+        json.push(format!(
+            "{{\"case\":\"{case}\",\"about\":\"{about}\",\"ops_per_round\":{iterations},\"off_ns_per_op\":{:?},\"on_ns_per_op\":{:?},\"median_ratio\":{:.4},\"ratio_min\":{lo:.4},\"ratio_max\":{hi:.4},\"events\":{},\"lost\":{},\"agent_cpu_ms\":{:.1}}}",
+            s.off, s.on, m_on / m_off, s.events, s.lost, s.agent_cpu_ms
+        ));
+    }
+    println!("{table}");
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("results.json");
+    std::fs::write(&path, format!("{{\"machine\":\"{}\",\"rounds\":{rounds},\"cases\":[{}]}}\n", machine().replace('"', "'"), json.join(",")))?;
+    eprintln!("bench: results written to {}", path.display());
+    Ok(())
+}
