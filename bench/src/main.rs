@@ -1,5 +1,5 @@
 //! One benchmark workload per run: `nstrail-bench CASE ITERATIONS` runs the
-//! loop and prints `ns_per_op=N ops=N`. `cargo xtask bench` runs each case
+//! loop and prints `ns_per_op=N cpu_ns_per_op=N ops=N` (wall and CPU time). `cargo xtask bench` runs each case
 //! with the agent off and on, alternating, and compares.
 //!
 //! Traffic stays on loopback; sysctl writes go to a namespace of the
@@ -114,6 +114,23 @@ fn udp_sendmsg(n: u64) {
     }
 }
 
+/// User + system CPU time of this process and its reaped children, in ns.
+/// Probe work runs in the context of the task that triggers it, so it is
+/// counted here; time lost to other tenants of the machine is not.
+fn cpu_ns() -> u64 {
+    let mut total = 0u64;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: zeroed rusage is a valid out value.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: valid out pointer.
+        unsafe { libc::getrusage(who, &mut usage) };
+        for tv in [usage.ru_utime, usage.ru_stime] {
+            total += tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
+        }
+    }
+    total
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(case), Some(Ok(n))) = (args.first(), args.get(1).map(|s| s.parse::<u64>())) else {
@@ -135,9 +152,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let cpu_before = cpu_ns();
     let start = Instant::now();
     run(n);
     let elapsed = start.elapsed().as_nanos() as u64;
-    println!("ns_per_op={} ops={n}", elapsed / n.max(1));
+    let cpu = cpu_ns() - cpu_before;
+    println!("ns_per_op={} cpu_ns_per_op={} ops={n}", elapsed / n.max(1), cpu / n.max(1));
     ExitCode::SUCCESS
 }

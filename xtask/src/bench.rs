@@ -26,9 +26,16 @@ const CASES: &[(&str, u64, &str)] = &[
     ("udp-sendmsg", 300000, "UDP send on loopback: unrelated traffic"),
 ];
 
+/// One measurement: wall-clock and CPU nanoseconds per operation.
+#[derive(Clone, Copy)]
+struct PerOp {
+    wall: f64,
+    cpu: f64,
+}
+
 struct Sample {
-    off: Vec<f64>,
-    on: Vec<f64>,
+    off: Vec<PerOp>,
+    on: Vec<PerOp>,
     agent_cpu_ms: f64,
     events: u64,
     lost: u64,
@@ -41,16 +48,19 @@ fn median(values: &[f64]) -> f64 {
     if v.len() % 2 == 0 { (v[mid - 1] + v[mid]) / 2.0 } else { v[mid] }
 }
 
-fn run_workload(bench: &Path, case: &str, iterations: u64) -> Result<f64> {
+fn run_workload(bench: &Path, case: &str, iterations: u64) -> Result<PerOp> {
     let out = Command::new(bench).args([case, &iterations.to_string()]).output().with_context(|| format!("running {case}"))?;
     if !out.status.success() {
         bail!("workload {case} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .find_map(|w| w.strip_prefix("ns_per_op="))
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("workload {case} printed no ns_per_op: {text}"))
+    let field = |key: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("workload {case} printed no {key}: {text}"))
+    };
+    Ok(PerOp { wall: field("ns_per_op=")?, cpu: field("cpu_ns_per_op=")? })
 }
 
 /// A running agent whose JSON output is counted, not kept.
@@ -162,23 +172,28 @@ pub fn run(root: &Path, rounds: usize, only: Option<&str>) -> Result<()> {
 
     let mut table = String::new();
     table.push_str(&format!("machine: {}\n", machine()));
-    table.push_str("| case | off ns/op (median) | on ns/op (median) | ratio on/off | ratio spread (min-max of rounds) | events | lost | agent CPU ms per 1,000 events |\n");
-    table.push_str("|---|---|---|---|---|---|---|---|\n");
+    table.push_str("CPU = user+sys time of the workload (probes run in its context); wall = elapsed time, noisy on shared machines.\n");
+    table.push_str("| case | CPU ns/op off | CPU ns/op on | CPU ratio on/off (median) | CPU ratio spread | wall ratio (median) | wall ratio spread | events | lost | agent CPU ms per 1,000 events |\n");
+    table.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     let mut json = Vec::new();
     for (case, about, iterations, s) in &results {
-        let ratios: Vec<f64> = s.on.iter().zip(&s.off).map(|(on, off)| on / off).collect();
-        let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-        let (m_off, m_on) = (median(&s.off), median(&s.on));
+        let stats = |pick: fn(&PerOp) -> f64| {
+            let ratios: Vec<f64> = s.on.iter().zip(&s.off).map(|(on, off)| pick(on) / pick(off)).collect();
+            let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+            let off: Vec<f64> = s.off.iter().map(pick).collect();
+            let on: Vec<f64> = s.on.iter().map(pick).collect();
+            (median(&off), median(&on), median(&ratios), lo, hi, off, on)
+        };
+        let (c_off, c_on, c_ratio, c_lo, c_hi, c_offs, c_ons) = stats(|p| p.cpu);
+        let (_, _, w_ratio, w_lo, w_hi, w_offs, w_ons) = stats(|p| p.wall);
         let cpu_per_k = if s.events > 0 { format!("{:.1}", s.agent_cpu_ms * 1000.0 / s.events as f64) } else { "-".into() };
         table.push_str(&format!(
-            "| {case} | {m_off:.0} | {m_on:.0} | {:.3} | {lo:.3}-{hi:.3} | {} | {} | {cpu_per_k} |\n",
-            m_on / m_off,
-            s.events,
-            s.lost
+            "| {case} | {c_off:.0} | {c_on:.0} | {c_ratio:.3} | {c_lo:.3}-{c_hi:.3} | {w_ratio:.3} | {w_lo:.3}-{w_hi:.3} | {} | {} | {cpu_per_k} |\n",
+            s.events, s.lost
         ));
         json.push(format!(
-            "{{\"case\":\"{case}\",\"about\":\"{about}\",\"ops_per_round\":{iterations},\"off_ns_per_op\":{:?},\"on_ns_per_op\":{:?},\"median_ratio\":{:.4},\"ratio_min\":{lo:.4},\"ratio_max\":{hi:.4},\"events\":{},\"lost\":{},\"agent_cpu_ms\":{:.1}}}",
-            s.off, s.on, m_on / m_off, s.events, s.lost, s.agent_cpu_ms
+            "{{\"case\":\"{case}\",\"about\":\"{about}\",\"ops_per_round\":{iterations},\"cpu_ns_per_op_off\":{c_offs:?},\"cpu_ns_per_op_on\":{c_ons:?},\"cpu_ratio_median\":{c_ratio:.4},\"cpu_ratio_min\":{c_lo:.4},\"cpu_ratio_max\":{c_hi:.4},\"wall_ns_per_op_off\":{w_offs:?},\"wall_ns_per_op_on\":{w_ons:?},\"wall_ratio_median\":{w_ratio:.4},\"wall_ratio_min\":{w_lo:.4},\"wall_ratio_max\":{w_hi:.4},\"events\":{},\"lost\":{},\"agent_cpu_ms\":{:.1}}}",
+            s.events, s.lost, s.agent_cpu_ms
         ));
     }
     println!("{table}");
