@@ -6,6 +6,8 @@
 //!   netns-helper setns-thread PATH one thread of this process enters PATH alone
 //!   netns-helper churn N           N times: fork a child that unshares a netns and exits
 //!   netns-helper tcp-listen        hold a listening TCP socket until stdin closes
+//!   netns-helper hold-fd PATH      keep PATH (an nsfs file) open until stdin closes
+//!   netns-helper hold-many N       make N namespaces, each kept only by an open fd, until stdin closes
 
 use std::{os::fd::AsRawFd, process::ExitCode};
 
@@ -108,8 +110,41 @@ fn churn(count: u32) {
 fn tcp_listen() {
     let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap_or_else(|_| fail("bind"));
     println!("listening port={}", listener.local_addr().map(|a| a.port()).unwrap_or(0));
+    wait_for_stdin_close();
+}
+
+fn wait_for_stdin_close() {
     let mut sink = String::new();
     let _ = std::io::stdin().read_line(&mut sink);
+}
+
+fn hold_fd(path: &str) {
+    let file = std::fs::File::open(path).unwrap_or_else(|_| fail("open namespace"));
+    println!("pid={} fd={}", std::process::id(), file.as_raw_fd());
+    wait_for_stdin_close();
+}
+
+fn hold_many(count: usize) {
+    let limit = libc::rlimit { rlim_cur: count as u64 + 256, rlim_max: count as u64 + 256 };
+    // SAFETY: valid rlimit value.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        fail("raise RLIMIT_NOFILE");
+    }
+    let home = std::fs::File::open("/proc/thread-self/ns/net").unwrap_or_else(|_| fail("open own netns"));
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        // SAFETY: plain syscall; this thread moves into a new namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            fail("unshare");
+        }
+        held.push(std::fs::File::open("/proc/thread-self/ns/net").unwrap_or_else(|_| fail("open netns")));
+    }
+    // SAFETY: back to where we started, so only the fds hold the namespaces.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        fail("setns home");
+    }
+    println!("pid={} held={}", std::process::id(), held.len());
+    wait_for_stdin_close();
 }
 
 fn main() -> ExitCode {
@@ -119,9 +154,11 @@ fn main() -> ExitCode {
         ["clone3"] => clone_child(true),
         ["setns-thread", path] => setns_thread(path),
         ["tcp-listen"] => tcp_listen(),
+        ["hold-fd", path] => hold_fd(path),
+        ["hold-many", n] => hold_many(n.parse().unwrap_or_else(|_| fail("hold-many takes a count"))),
         ["churn", n] => churn(n.parse().unwrap_or_else(|_| fail("churn takes a count"))),
         _ => {
-            eprintln!("usage: netns-helper clone | clone3 | setns-thread PATH | churn N | tcp-listen");
+            eprintln!("usage: netns-helper clone | clone3 | setns-thread PATH | churn N | tcp-listen | hold-fd PATH | hold-many N");
             return ExitCode::from(2);
         }
     }

@@ -26,6 +26,11 @@ impl TestAgent {
         Self { agent: Some(agent), log: EventLog::default() }
     }
 
+    /// The agent's live inventory.
+    pub fn inventory(&self) -> std::sync::Arc<std::sync::Mutex<nstrail::inventory::Inventory>> {
+        self.agent.as_ref().expect("agent running").inventory.clone()
+    }
+
     fn pull(&mut self, wait: Duration) -> bool {
         let agent = self.agent.as_ref().expect("agent running");
         match agent.events.recv_timeout(wait) {

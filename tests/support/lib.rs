@@ -8,7 +8,7 @@ pub mod process;
 
 pub use agent::{EventLog, TestAgent};
 pub use netns::{NamedNetns, NetnsIdentity};
-pub use process::{field, run, run_ok, Ran};
+pub use process::{field, run, run_ok, Background, Ran};
 
 /// Panics with a clear message when not root: these tests load eBPF
 /// programs and make namespaces.

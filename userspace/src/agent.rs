@@ -1,6 +1,10 @@
 //! The agent pipeline: load -> read -> decode -> correlate -> export.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use aya_log::EbpfLogger;
 
@@ -9,6 +13,7 @@ use crate::{
     decode::decode,
     event::{Event, EventBody, ProbeStatus},
     export::{ExportError, Exporter},
+    inventory::{scan, Inventory},
     loader::{self, LoadOptions},
     preflight,
     reader::{EventReader, KernelCounters},
@@ -17,6 +22,8 @@ use crate::{
 
 /// How often lost-event counters are read when no event arrives.
 const COUNTER_POLL: Duration = Duration::from_millis(500);
+/// How often names and containers are refreshed from /proc.
+const RELABEL_EVERY: Duration = Duration::from_secs(2);
 
 /// Loaded and attached probes, ready to run.
 pub struct Agent {
@@ -26,6 +33,7 @@ pub struct Agent {
     counters: KernelCounters,
     probe_log: Option<EbpfLogger<&'static dyn log::Log>>,
     correlator: Correlator,
+    inventory: Arc<Mutex<Inventory>>,
 }
 
 /// What a run did, for the caller and the tests.
@@ -50,6 +58,9 @@ impl Agent {
         };
         let events = EventReader::new(&mut loaded.ebpf)?;
         let counters = KernelCounters::new(&mut loaded.ebpf)?;
+        // The probes are attached: whatever the scan finds existed before us
+        // or is reported by an event from now on.
+        let inventory = Arc::new(Mutex::new(Inventory::from_scan(&scan::scan())));
         Ok(Self {
             _ebpf: loaded.ebpf,
             probes: loaded.status,
@@ -57,7 +68,13 @@ impl Agent {
             counters,
             probe_log,
             correlator: Correlator::new(),
+            inventory,
         })
+    }
+
+    /// The live inventory, shared with the local API.
+    pub fn inventory(&self) -> Arc<Mutex<Inventory>> {
+        self.inventory.clone()
     }
 
     pub fn probes(&self) -> &[ProbeStatus] {
@@ -86,6 +103,7 @@ impl Agent {
             None => None,
         };
         let mut poll = tokio::time::interval(COUNTER_POLL);
+        let relabel = tokio::spawn(relabel_periodically(self.inventory.clone()));
         tokio::pin!(shutdown);
         while !out.closed {
             tokio::select! {
@@ -109,11 +127,12 @@ impl Agent {
             fd.get_mut().flush();
         }
         out.flush()?;
+        relabel.abort();
         Ok(summary)
     }
 
     fn pump(&mut self, out: &mut Output<'_>, summary: &mut RunSummary) -> Result<(), Error> {
-        let Self { events, correlator, .. } = self;
+        let Self { events, correlator, inventory, .. } = self;
         let mut result = Ok(());
         events.drain(|bytes| {
             if result.is_err() || out.closed {
@@ -122,6 +141,7 @@ impl Agent {
             match decode(bytes) {
                 Ok(kernel_event) => {
                     let event = correlator.kernel_record(&kernel_event);
+                    inventory.lock().expect("inventory lock").observe(&event);
                     summary.events += 1;
                     result = out.send(&event);
                 }
@@ -148,6 +168,18 @@ impl Agent {
         }
         self.counters.log_probe_errors();
         Ok(())
+    }
+}
+
+/// Names and containers come from /proc, not from events: rescan now and then.
+async fn relabel_periodically(inventory: Arc<Mutex<Inventory>>) {
+    let mut every = tokio::time::interval(RELABEL_EVERY);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        if let Ok(scan) = tokio::task::spawn_blocking(scan::scan).await {
+            inventory.lock().expect("inventory lock").relabel(&scan);
+        }
     }
 }
 
@@ -196,6 +228,7 @@ fn closed_or_error(closed: &mut bool, name: &str, err: ExportError) -> Result<()
 pub struct BackgroundAgent {
     pub events: std::sync::mpsc::Receiver<Event>,
     pub probes: Vec<ProbeStatus>,
+    pub inventory: Arc<Mutex<Inventory>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<RunSummary, Error>>>,
 }
@@ -211,7 +244,7 @@ impl BackgroundAgent {
             runtime.block_on(async move {
                 let agent = match Agent::load(&options) {
                     Ok(agent) => {
-                        let _ = ready_tx.send(Ok(agent.probes().to_vec()));
+                        let _ = ready_tx.send(Ok((agent.probes().to_vec(), agent.inventory())));
                         agent
                     }
                     Err(err) => {
@@ -224,10 +257,10 @@ impl BackgroundAgent {
                 agent.run(&mut exporters, async { let _ = stop_rx.await; }).await
             })
         })?;
-        let probes = ready_rx.recv().map_err(|_| {
+        let (probes, inventory) = ready_rx.recv().map_err(|_| {
             Error::Io(std::io::Error::other("agent thread ended before loading the probes"))
         })??;
-        Ok(Self { events, probes, stop: Some(stop), thread: Some(thread) })
+        Ok(Self { events, probes, inventory, stop: Some(stop), thread: Some(thread) })
     }
 
     /// Stops reading, drains and returns the run's summary.

@@ -20,6 +20,24 @@ pub struct Cli {
 pub enum Command {
     /// Load the probes and print every event on stdout until interrupted.
     Run(RunArgs),
+    /// List live network namespaces: from the running agent, or --offline from /proc.
+    Ls(LsArgs),
+}
+
+#[derive(Parser, Debug)]
+pub struct LsArgs {
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Scan /proc directly instead of asking the agent (creation history is then unknown).
+    #[arg(long)]
+    pub offline: bool,
+    /// Also list recently destroyed namespaces (agent only).
+    #[arg(long)]
+    pub destroyed: bool,
+    /// The agent's socket.
+    #[arg(long, default_value = nstrail::api::DEFAULT_SOCKET)]
+    pub socket: std::path::PathBuf,
 }
 
 #[derive(Parser, Debug)]
@@ -33,6 +51,9 @@ pub struct RunArgs {
     /// Configuration file (TOML); default /etc/nstrail/nstrail.toml when it exists.
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
+    /// Where to serve the local API (`nstrail ls` asks there).
+    #[arg(long, default_value = nstrail::api::DEFAULT_SOCKET)]
+    pub socket: std::path::PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -52,7 +73,27 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run_agent(args),
+        Command::Ls(args) => list(args),
     }
+}
+
+fn list(args: LsArgs) -> anyhow::Result<()> {
+    let (mut namespaces, destroyed) = if args.offline {
+        let scan = nstrail::inventory::scan::scan();
+        (nstrail::inventory::Inventory::from_scan(&scan).live_records(&scan), Vec::new())
+    } else {
+        let reply = nstrail::api::fetch_inventory(&args.socket)?;
+        (reply.namespaces, reply.destroyed)
+    };
+    if args.destroyed {
+        namespaces.extend(destroyed);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "namespaces": namespaces }))?);
+    } else {
+        println!("{}", nstrail::inventory::render_table(&namespaces));
+    }
+    Ok(())
 }
 
 fn run_agent(args: RunArgs) -> anyhow::Result<()> {
@@ -73,9 +114,13 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
             Format::Json => vec![Box::new(JsonLinesExporter::new(stdout))],
             Format::Text => vec![Box::new(TextExporter::new(stdout))],
         };
+        let listener = nstrail::api::bind(&args.socket).await?;
+        let api = tokio::spawn(nstrail::api::serve(listener, agent.inventory()));
         let attached = agent.probes().iter().filter(|p| p.attached).count();
         log::info!("{attached} of {} probes attached; streaming events (Ctrl-C to stop)", agent.probes().len());
         let summary = agent.run(&mut exporters, shutdown_signal()).await?;
+        api.abort();
+        let _ = std::fs::remove_file(&args.socket);
         log::info!(
             "stopped: {} events, {} lost in the kernel, {} undecodable",
             summary.events,

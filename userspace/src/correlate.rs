@@ -10,7 +10,7 @@ use nstrail_abi::{
 use crate::{
     decode::KernelEvent,
     event::{Actor, Child, CreateVia, DestroySeenAt, Event, EventBody, Netns, SysctlResult},
-    netns_state::{SocketCounts, SysctlOverrides},
+    netns_state::SocketCounts,
     sysctl_text::{dotted_name, value_text},
 };
 
@@ -138,28 +138,16 @@ fn sysctl_write(e: &SysctlWriteEvent, sockets: &mut SocketCounts) -> EventBody {
     }
 }
 
-/// Numbers records, stamps them with wall time, and keeps per-namespace
-/// state the events imply.
+/// Numbers records and stamps them with wall time.
 pub struct Correlator {
     next_seq: u64,
     clock: WallClock,
-    overrides: SysctlOverrides,
     sockets: SocketCounts,
 }
 
 impl Correlator {
     pub fn new() -> Self {
-        Self {
-            next_seq: 1,
-            clock: WallClock::new(),
-            overrides: SysctlOverrides::default(),
-            sockets: SocketCounts::default(),
-        }
-    }
-
-    /// Sysctls written in each namespace since the agent started.
-    pub fn sysctl_overrides(&self) -> &SysctlOverrides {
-        &self.overrides
+        Self { next_seq: 1, clock: WallClock::new(), sockets: SocketCounts::default() }
     }
 
     /// A record that did not come from the kernel (lost counts, agent state).
@@ -207,15 +195,8 @@ impl Correlator {
     }
 
     fn remember(&mut self, body: &EventBody) {
-        match body {
-            EventBody::SysctlWrite { sysctl, new, result: SysctlResult::Applied, netns, .. } => {
-                self.overrides.record(netns.id, sysctl, new)
-            }
-            EventBody::NetnsDestroy { netns, .. } => {
-                self.overrides.forget(netns.id);
-                self.sockets.forget(netns.id);
-            }
-            _ => {}
+        if let EventBody::NetnsDestroy { netns, .. } = body {
+            self.sockets.forget(netns.id);
         }
     }
 

@@ -6,6 +6,7 @@
 //! [`agent`] wires them together; The `nstrail` binary (src/main.rs, src/cli.rs) is the command line.
 
 pub mod agent;
+pub mod api;
 pub mod btf;
 pub mod config;
 pub mod correlate;
@@ -13,6 +14,7 @@ pub mod decode;
 mod error;
 pub mod event;
 pub mod export;
+pub mod inventory;
 pub mod kernel_layout;
 pub mod loader;
 pub mod netns_state;

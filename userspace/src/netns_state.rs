@@ -1,30 +1,9 @@
 //! What the agent remembers per network namespace from the events it saw.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     time::{Duration, Instant},
 };
-
-/// Sysctls whose value was written in each namespace (its overrides), by
-/// namespace id. A namespace's entry goes when it is destroyed.
-#[derive(Debug, Default)]
-pub struct SysctlOverrides {
-    by_netns: HashMap<u64, BTreeMap<String, String>>,
-}
-
-impl SysctlOverrides {
-    pub fn record(&mut self, netns_id: u64, sysctl: &str, value: &str) {
-        self.by_netns.entry(netns_id).or_default().insert(sysctl.to_owned(), value.to_owned());
-    }
-
-    pub fn forget(&mut self, netns_id: u64) {
-        self.by_netns.remove(&netns_id);
-    }
-
-    pub fn of(&self, netns_id: u64) -> Option<&BTreeMap<String, String>> {
-        self.by_netns.get(&netns_id)
-    }
-}
 
 /// How long a namespace's socket count is reused within a burst of writes.
 const SOCKET_COUNT_REUSE: Duration = Duration::from_millis(20);
@@ -95,18 +74,6 @@ mod tests {
         let text = "sockets: used 142\nTCP: inuse 7 orphan 0 tw 2 alloc 9 mem 1\nUDP: inuse 3 mem 2\n";
         assert_eq!(parse_tcp_inuse(text), Some(7));
         assert_eq!(parse_tcp_inuse("UDP: inuse 3\n"), None);
-    }
-
-    #[test]
-    fn overrides_follow_writes_and_destroys() {
-        let mut o = SysctlOverrides::default();
-        o.record(9, "net.ipv4.ip_forward", "1");
-        o.record(9, "net.ipv4.ip_forward", "0");
-        o.record(9, "net.ipv4.tcp_keepalive_time", "600");
-        let seen: Vec<_> = o.of(9).unwrap().iter().map(|(k, v)| format!("{k}={v}")).collect();
-        assert_eq!(seen, ["net.ipv4.ip_forward=0", "net.ipv4.tcp_keepalive_time=600"]);
-        o.forget(9);
-        assert!(o.of(9).is_none());
     }
 
     #[test]

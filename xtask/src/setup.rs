@@ -21,6 +21,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("lsns", "util-linux"),
     ("sysctl", "procps"),
     ("setpriv", "util-linux"),
+    ("runc", "runc"),
+    ("busybox", "busybox-static"),
 ];
 
 /// What later steps need from setup.
@@ -183,7 +185,7 @@ fn ensure_test_tools() -> Result<()> {
     missing.sort();
     missing.dedup();
     if missing.is_empty() {
-        eprintln!("setup: test tools (iproute2, util-linux, procps): present");
+        eprintln!("setup: test tools (iproute2, util-linux, procps, runc, busybox-static): present");
         return Ok(());
     }
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));

@@ -1,0 +1,183 @@
+//! The namespace inventory against the real system: what lsns sees, fd-held
+//! and bind-mounted namespaces, a real runc container, the agent's view as
+//! namespaces come and go, and a thousand live namespaces.
+
+use std::{collections::BTreeSet, path::Path, process::Command, time::{Duration, Instant}};
+
+use nstrail::{
+    event::CreateVia,
+    inventory::{scan, Inventory, NetnsRecord},
+};
+use nstrail_tests::{field, run_ok, Background, NamedNetns, NetnsIdentity, TestAgent};
+
+fn helper() -> &'static str {
+    env!("CARGO_BIN_EXE_netns-helper")
+}
+
+fn offline() -> Vec<NetnsRecord> {
+    let scan = scan::scan();
+    Inventory::from_scan(&scan).live_records(&scan)
+}
+
+/// Inodes of the network namespaces `lsns -t net` lists.
+fn lsns_inodes() -> BTreeSet<u32> {
+    let out = run_ok("lsns", &["-t", "net", "-J", "-o", "NS"]);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("lsns JSON");
+    json["namespaces"]
+        .as_array()
+        .expect("namespaces")
+        .iter()
+        .map(|n| n["ns"].as_u64().or_else(|| n["ns"].as_str().and_then(|s| s.parse().ok())).expect("ns") as u32)
+        .collect()
+}
+
+#[test]
+fn offline_inventory_covers_lsns_and_fd_held_namespaces() {
+    nstrail_tests::require_root();
+    // A namespace that only an fd of a process in another namespace keeps alive.
+    let (mut held, _) = NamedNetns::add("held");
+    let held_id = held.identity();
+    let (other, _) = NamedNetns::add("other");
+    let path = held.path().display().to_string();
+    let holder = Background::start("ip", &["netns", "exec", &other.name, helper(), "hold-fd", &path]);
+    let (holder_pid, holder_fd) = (field(&holder.first_line, "pid") as u32, field(&holder.first_line, "fd") as u32);
+    held.delete(); // unmount and unlink: now only the fd holds it
+
+    let before = lsns_inodes();
+    let records = offline();
+    let after = lsns_inodes();
+    let ours: BTreeSet<u32> = records.iter().map(|r| r.inode).collect();
+    for inode in before.intersection(&after) {
+        assert!(ours.contains(inode), "lsns lists {inode}, the inventory does not");
+    }
+    let record = records.iter().find(|r| r.id == Some(held_id.id)).expect("fd-held namespace listed");
+    assert_eq!(record.inode, held_id.inode);
+    assert_eq!((record.processes, record.mounts.len()), (0, 0));
+    assert_eq!(record.fds, [(holder_pid, holder_fd)]);
+    assert!(!record.host);
+
+    let named = records.iter().find(|r| r.id == Some(other.identity().id)).expect("named namespace");
+    assert_eq!(named.names, [other.name.clone()]);
+    assert_eq!(named.mounts, [other.path().display().to_string()]);
+    assert_eq!(named.processes, 1, "the holder process runs in it");
+    let host = records.iter().filter(|r| r.host).collect::<Vec<_>>();
+    assert_eq!(host.len(), 1);
+    // pid 1's namespace, or ours where a sandbox hides pid 1's.
+    let expected_host = std::fs::read_link("/proc/1/ns/net")
+        .map(|_| NetnsIdentity::readlink_inode(1))
+        .unwrap_or_else(|_| NetnsIdentity::readlink_inode(std::process::id()));
+    assert_eq!(host[0].inode, expected_host);
+    assert!(records.iter().all(|r| r.seen_at_start && r.created.is_none()), "offline: creation unknown");
+}
+
+/// A runc container from a busybox rootfs, deleted on drop.
+struct RuncContainer {
+    id: String,
+    bundle: std::path::PathBuf,
+}
+
+impl RuncContainer {
+    fn start() -> Self {
+        let id = format!("nstrail-test-{}", std::process::id());
+        let bundle = std::env::temp_dir().join(&id);
+        let rootfs = bundle.join("rootfs/bin");
+        std::fs::create_dir_all(&rootfs).expect("rootfs");
+        std::fs::copy("/bin/busybox", rootfs.join("busybox")).expect("copy busybox");
+        for applet in ["sh", "sleep"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join(applet)).expect("applet link");
+        }
+        let container = Self { id, bundle };
+        run_ok("runc", &["spec", "--bundle", &container.bundle.display().to_string()]);
+        let config_path = container.bundle.join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).expect("config")).expect("json");
+        config["process"]["terminal"] = false.into();
+        config["process"]["args"] = serde_json::json!(["sleep", "60"]);
+        std::fs::write(&config_path, config.to_string()).expect("write config");
+        // The container keeps its stdio: give it none of ours, or reading our
+        // pipe to its end would wait for the container to exit.
+        let status = Command::new("runc")
+            .args(["run", "-d", "--bundle", &container.bundle.display().to_string(), &container.id])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("start runc");
+        assert!(status.success(), "runc run failed");
+        container
+    }
+
+    fn pid(&self) -> u32 {
+        let state = run_ok("runc", &["state", &self.id]);
+        let json: serde_json::Value = serde_json::from_str(&state.stdout).expect("state");
+        json["pid"].as_u64().expect("pid") as u32
+    }
+}
+
+impl Drop for RuncContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("runc").args(["delete", "-f", &self.id]).status();
+        let _ = std::fs::remove_dir_all(&self.bundle);
+    }
+}
+
+#[test]
+fn a_runc_container_is_attributed() {
+    nstrail_tests::require_root();
+    let container = RuncContainer::start();
+    let pid = container.pid();
+    let netns = NetnsIdentity::of_pid(pid);
+    let records = offline();
+    let record = records.iter().find(|r| r.id == Some(netns.id)).expect("container namespace listed");
+    assert_eq!(record.processes, 1);
+    assert_eq!(record.containers.len(), 1);
+    assert_eq!((record.containers[0].runtime.as_str(), record.containers[0].id.as_str()), ("runc", container.id.as_str()));
+    assert!(!record.host);
+}
+
+#[test]
+fn the_agent_tracks_namespaces_as_they_come_and_go() {
+    let mut agent = TestAgent::start();
+    let inventory = agent.inventory();
+    let (mut ns, add) = NamedNetns::add("inv");
+    let id = ns.identity();
+    run_ok("ip", &["netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    agent.wait_until(Duration::from_secs(20), "the sysctl write", |log| {
+        log.of_type("sysctl_write").any(|e| e.body.netns().is_some_and(|n| n.id == id.id))
+    });
+
+    let live = inventory.lock().unwrap().live_records(&scan::scan());
+    assert_eq!(live.iter().filter(|r| r.host).count(), 1);
+    let record = live.iter().find(|r| r.id == Some(id.id)).expect("new namespace listed");
+    assert_eq!(record.names, [ns.name.clone()]);
+    assert!(!record.seen_at_start);
+    let created = record.created.as_ref().expect("creation seen");
+    assert_eq!((created.via, created.actor.comm.as_str(), created.actor.pid), (CreateVia::Unshare, "ip", add.pid));
+    assert_eq!(record.enters, 1, "ip netns exec entered it once");
+    assert_eq!(record.sysctl_overrides.get("net.ipv4.ip_forward").map(String::as_str), Some("1"));
+
+    ns.delete();
+    agent.wait_until(Duration::from_secs(20), "the destroy", |log| log.destroyed(id.id) == 1);
+    let mut inventory = inventory.lock().unwrap();
+    assert!(inventory.live_records(&scan::scan()).iter().all(|r| r.id != Some(id.id)), "dropped once destroyed");
+    let gone = inventory.destroyed_records().into_iter().find(|r| r.id == Some(id.id)).expect("kept as destroyed");
+    assert!(gone.destroyed.is_some());
+    assert_eq!(gone.names, [ns.name.clone()], "its name is remembered");
+}
+
+#[test]
+fn a_thousand_live_namespaces_are_all_listed() {
+    nstrail_tests::require_root();
+    let holder = Background::start(helper(), &["hold-many", "1000"]);
+    assert_eq!(field(&holder.first_line, "held"), 1000);
+    let start = Instant::now();
+    let records = offline();
+    eprintln!("offline inventory of {} namespaces took {:?}", records.len(), start.elapsed());
+    let held: Vec<_> =
+        records.iter().filter(|r| r.processes == 0 && r.fds.iter().any(|(pid, _)| *pid == holder.pid())).collect();
+    assert_eq!(held.len(), 1000);
+    let ids: BTreeSet<_> = held.iter().map(|r| r.id.expect("id")).collect();
+    assert_eq!(ids.len(), 1000, "each is a distinct namespace");
+    assert!(held.iter().all(|r| r.processes == 0 && r.fds.len() == 1));
+    assert!(Path::new(&format!("/proc/{}", holder.pid())).exists());
+}

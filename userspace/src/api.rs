@@ -1,0 +1,152 @@
+//! The agent's local API: a Unix socket (mode 0600) taking one JSON request
+//! per line and answering one JSON line. `nstrail ls` is its client.
+//!
+//!   -> {"op":"inventory"}
+//!   <- {"ok":true,"namespaces":[...],"destroyed":[...]}
+//!   <- {"ok":false,"error":"..."}
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use crate::inventory::{scan, Inventory, NetnsRecord};
+
+pub const DEFAULT_SOCKET: &str = "/run/nstrail/nstrail.sock";
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+/// A client that sends nothing for this long is dropped.
+const IDLE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    op: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InventoryReply {
+    pub ok: bool,
+    #[serde(default)]
+    pub namespaces: Vec<NetnsRecord>,
+    #[serde(default)]
+    pub destroyed: Vec<NetnsRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("another agent is already serving at {0}")]
+    InUse(PathBuf),
+    #[error("cannot serve the API at {path}: {source}")]
+    Bind { path: PathBuf, source: std::io::Error },
+    #[error("no agent is running at {path} ({source}); start one with `nstrail run`, or use `nstrail ls --offline` to scan /proc directly")]
+    NoAgent { path: PathBuf, source: std::io::Error },
+    #[error("the agent at {path} answered badly: {message}")]
+    BadReply { path: PathBuf, message: String },
+}
+
+/// Binds the socket, replacing a stale one but never a live agent's.
+pub async fn bind(path: &Path) -> Result<UnixListener, ApiError> {
+    let bind_err = |source| ApiError::Bind { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(bind_err)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ApiError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(bind_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Answers clients until the task is dropped.
+pub async fn serve(listener: UnixListener, inventory: Arc<Mutex<Inventory>>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(stream, inventory.clone()));
+            }
+            Err(err) => {
+                log::warn!("API accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, inventory: Arc<Mutex<Inventory>>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read.take(MAX_REQUEST as u64 * 16)).split(b'\n');
+    loop {
+        let line = match tokio::time::timeout(IDLE, lines.next_segment()).await {
+            Ok(Ok(Some(line))) => line,
+            _ => return,
+        };
+        let reply = if line.len() > MAX_REQUEST {
+            error_reply(format!("request longer than {MAX_REQUEST} bytes"))
+        } else {
+            answer(&line, &inventory).await
+        };
+        let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
+        bytes.push(b'\n');
+        if write.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn error_reply(error: String) -> InventoryReply {
+    InventoryReply { ok: false, namespaces: Vec::new(), destroyed: Vec::new(), error: Some(error) }
+}
+
+async fn answer(line: &[u8], inventory: &Arc<Mutex<Inventory>>) -> InventoryReply {
+    let request: Request = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(err) => return error_reply(format!("bad request ({err}); send {{\"op\":\"inventory\"}}")),
+    };
+    match request.op.as_str() {
+        "inventory" => {
+            let scan = tokio::task::spawn_blocking(scan::scan).await.unwrap_or_default();
+            let mut inventory = inventory.lock().expect("inventory lock");
+            InventoryReply {
+                ok: true,
+                namespaces: inventory.live_records(&scan),
+                destroyed: inventory.destroyed_records(),
+                error: None,
+            }
+        }
+        other => error_reply(format!("unknown op `{other}`; known: inventory")),
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+/// Asks a running agent for its inventory (blocking client for the CLI).
+pub fn fetch_inventory(path: &Path) -> Result<InventoryReply, ApiError> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|source| ApiError::NoAgent { path: path.to_path_buf(), source })?;
+    let bad = |message: String| ApiError::BadReply { path: path.to_path_buf(), message };
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| bad(e.to_string()))?;
+    stream.write_all(b"{\"op\":\"inventory\"}\n").map_err(|e| bad(e.to_string()))?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line).map_err(|e| bad(e.to_string()))?;
+    let reply: InventoryReply = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+    if !reply.ok {
+        return Err(bad(reply.error.unwrap_or_default()));
+    }
+    Ok(reply)
+}

@@ -1,0 +1,291 @@
+//! Every live network namespace, with what users know it by: names (bind
+//! mounts), containers, member processes, how it came to be, and what was
+//! done to it. Built from a /proc scan at start (namespaces found then are
+//! "seen at start") and kept current from the events.
+
+pub mod containers;
+pub mod scan;
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+pub use containers::Container;
+use scan::{name_of_mount, Scan};
+
+use crate::event::{Actor, CreateVia, Event, EventBody, SysctlResult};
+
+/// How a namespace came to be, when the agent saw it happen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub ts: String,
+    pub via: CreateVia,
+    pub actor: Actor,
+}
+
+/// One namespace in the inventory (`nstrail ls --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetnsRecord {
+    pub inode: u32,
+    /// Unique id; absent only on kernels that cannot tell it from /proc.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Short names (`ip netns` names, docker sandbox ids) of its bind mounts.
+    pub names: Vec<String>,
+    /// Its nsfs bind mounts.
+    pub mounts: Vec<String>,
+    /// The host's namespace (pid 1's).
+    pub host: bool,
+    /// Containers whose processes are in it (a pod: several).
+    pub containers: Vec<Container>,
+    /// Processes with at least one thread in it.
+    pub processes: u32,
+    /// Open nsfs file descriptors holding it, as (pid, fd).
+    pub fds: Vec<(u32, u32)>,
+    /// Set when the agent saw it created; absent for namespaces that existed at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<Origin>,
+    /// It already existed when the agent started (creation unknown).
+    pub seen_at_start: bool,
+    /// setns() calls into it the agent saw.
+    pub enters: u64,
+    /// Sysctls written in it (name -> last applied value).
+    pub sysctl_overrides: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<String>,
+    /// When it was destroyed (only in the recently-destroyed list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroyed: Option<String>,
+}
+
+/// What the events told about one namespace.
+#[derive(Debug, Clone, Default)]
+struct Tracked {
+    inode: u32,
+    created: Option<Origin>,
+    seen_at_start: bool,
+    enters: u64,
+    overrides: BTreeMap<String, String>,
+    last_event: Option<String>,
+    /// Names last seen, kept for the destroyed list (mounts go before the namespace does).
+    last_names: Vec<String>,
+}
+
+/// Destroyed namespaces kept for late look-ups: at most this many, for at most this long.
+const DESTROYED_KEEP: usize = 1024;
+const DESTROYED_FOR: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Default)]
+pub struct Inventory {
+    live: HashMap<u64, Tracked>,
+    destroyed: VecDeque<(Instant, NetnsRecord)>,
+    /// Names and containers from the latest scan, by namespace id, for enriching events.
+    labels: HashMap<u64, Labels>,
+}
+
+/// What a scan says users call a namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels {
+    pub names: Vec<String>,
+    pub containers: Vec<Container>,
+}
+
+impl Inventory {
+    /// The state at agent start: everything in the scan was there before us.
+    pub fn from_scan(scan: &Scan) -> Self {
+        let mut inventory = Self::default();
+        for observed in scan.namespaces.values() {
+            if let Some(id) = observed.id {
+                inventory.live.insert(id, Tracked { inode: observed.inode, seen_at_start: true, ..Default::default() });
+            }
+        }
+        inventory.relabel(scan);
+        inventory
+    }
+
+    /// Takes names and containers from a fresh scan.
+    pub fn relabel(&mut self, scan: &Scan) {
+        for observed in scan.namespaces.values() {
+            if let Some(tracked) = observed.id.and_then(|id| self.live.get_mut(&id)) {
+                if !observed.mounts.is_empty() {
+                    tracked.last_names = observed.mounts.iter().map(|m| name_of_mount(m)).collect();
+                }
+            }
+        }
+        self.labels = scan
+            .namespaces
+            .values()
+            .filter_map(|o| {
+                let id = o.id?;
+                let names = o.mounts.iter().map(|m| name_of_mount(m)).collect();
+                Some((id, Labels { names, containers: o.containers.iter().cloned().collect() }))
+            })
+            .collect();
+    }
+
+    pub fn labels(&self, id: u64) -> Option<&Labels> {
+        self.labels.get(&id)
+    }
+
+    /// Updates the inventory with an event the agent emitted.
+    pub fn observe(&mut self, event: &Event) {
+        match &event.body {
+            EventBody::NetnsCreate { netns, actor, via, .. } => {
+                let tracked = self.live.entry(netns.id).or_default();
+                tracked.inode = netns.inode;
+                tracked.created = Some(Origin { ts: event.ts.clone(), via: *via, actor: actor.clone() });
+                tracked.seen_at_start = false;
+            }
+            EventBody::NetnsEnter { netns, .. } => {
+                let tracked = self.live.entry(netns.id).or_insert_with(|| Tracked { inode: netns.inode, ..Default::default() });
+                tracked.enters += 1;
+            }
+            EventBody::SysctlWrite { sysctl, new, result: SysctlResult::Applied, netns, .. } => {
+                let tracked = self.live.entry(netns.id).or_insert_with(|| Tracked { inode: netns.inode, ..Default::default() });
+                tracked.overrides.insert(sysctl.clone(), new.clone());
+            }
+            EventBody::NetnsDestroy { netns, .. } => {
+                let tracked = self.live.remove(&netns.id).unwrap_or_default();
+                let mut labels = self.labels.remove(&netns.id).unwrap_or_default();
+                if labels.names.is_empty() {
+                    labels.names = tracked.last_names.clone();
+                }
+                let mut record = record_of(netns.inode, Some(netns.id), &tracked, None, &labels, false);
+                record.destroyed = Some(event.ts.clone());
+                record.last_event = Some(event.ts.clone());
+                self.destroyed.push_back((Instant::now(), record));
+                self.trim_destroyed();
+                return;
+            }
+            _ => {}
+        }
+        if let Some(netns) = event.body.netns() {
+            if let Some(tracked) = self.live.get_mut(&netns.id) {
+                tracked.last_event = Some(event.ts.clone());
+            }
+        }
+    }
+
+    fn trim_destroyed(&mut self) {
+        let now = Instant::now();
+        while self.destroyed.len() > DESTROYED_KEEP
+            || self.destroyed.front().is_some_and(|(at, _)| now.duration_since(*at) > DESTROYED_FOR)
+        {
+            self.destroyed.pop_front();
+        }
+    }
+
+    /// The sysctls written in a namespace since the agent started.
+    pub fn sysctl_overrides(&self, id: u64) -> Option<&BTreeMap<String, String>> {
+        self.live.get(&id).map(|t| &t.overrides)
+    }
+
+    /// Every live namespace: what a fresh scan finds, joined with what the
+    /// events said; namespaces the agent saw created but the scan cannot
+    /// reach (held only by a socket) are listed too.
+    pub fn live_records(&mut self, scan: &Scan) -> Vec<NetnsRecord> {
+        self.relabel(scan);
+        let mut out = Vec::new();
+        let mut listed = std::collections::HashSet::new();
+        for observed in scan.namespaces.values() {
+            let tracked = observed.id.and_then(|id| self.live.get(&id));
+            let default = Tracked { inode: observed.inode, seen_at_start: tracked.is_none(), ..Default::default() };
+            let tracked = tracked.unwrap_or(&default);
+            let labels = Labels {
+                names: observed.mounts.iter().map(|m| name_of_mount(m)).collect(),
+                containers: observed.containers.iter().cloned().collect(),
+            };
+            let host = scan.host_inode == Some(observed.inode);
+            let mut record = record_of(observed.inode, observed.id, tracked, Some(observed), &labels, host);
+            record.mounts = observed.mounts.iter().map(|m| m.to_string_lossy().into_owned()).collect();
+            if let Some(id) = observed.id {
+                listed.insert(id);
+            }
+            out.push(record);
+        }
+        for (id, tracked) in &self.live {
+            if !listed.contains(id) && tracked.created.is_some() {
+                out.push(record_of(tracked.inode, Some(*id), tracked, None, &Labels::default(), false));
+            }
+        }
+        out.sort_by_key(|r| (!r.host, r.inode, r.id));
+        out
+    }
+
+    /// Recently destroyed namespaces, oldest first.
+    pub fn destroyed_records(&self) -> Vec<NetnsRecord> {
+        self.destroyed.iter().map(|(_, r)| r.clone()).collect()
+    }
+}
+
+fn record_of(
+    inode: u32,
+    id: Option<u64>,
+    tracked: &Tracked,
+    observed: Option<&scan::Observed>,
+    labels: &Labels,
+    host: bool,
+) -> NetnsRecord {
+    NetnsRecord {
+        inode,
+        id,
+        names: labels.names.clone(),
+        mounts: Vec::new(),
+        host,
+        containers: labels.containers.clone(),
+        processes: observed.map_or(0, |o| o.pids.len() as u32),
+        fds: observed.map(|o| o.fds.clone()).unwrap_or_default(),
+        created: tracked.created.clone(),
+        seen_at_start: tracked.seen_at_start,
+        enters: tracked.enters,
+        sysctl_overrides: tracked.overrides.clone(),
+        last_event: tracked.last_event.clone(),
+        destroyed: None,
+    }
+}
+
+/// The `nstrail ls` table.
+pub fn render_table(records: &[NetnsRecord]) -> String {
+    let mut rows = vec![[
+        "INODE".to_owned(),
+        "ID".to_owned(),
+        "NAME".to_owned(),
+        "PROCS".to_owned(),
+        "CONTAINER".to_owned(),
+        "CREATED".to_owned(),
+        "BY".to_owned(),
+    ]];
+    for r in records {
+        let name = if r.host && r.names.is_empty() { "(host)".to_owned() } else { r.names.join(",") };
+        let container = r
+            .containers
+            .iter()
+            .map(|c| format!("{}:{}", c.runtime, &c.id[..c.id.len().min(12)]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let (created, by) = match &r.created {
+            Some(o) => (o.ts.get(..19).unwrap_or(&o.ts).replace('T', " "), format!("{}[{}]", o.actor.comm, o.actor.pid)),
+            None => ("before agent".to_owned(), "-".to_owned()),
+        };
+        let procs = if r.processes == 0 && !r.fds.is_empty() { format!("0 ({} fd)", r.fds.len()) } else { r.processes.to_string() };
+        rows.push([
+            r.inode.to_string(),
+            r.id.map_or("-".to_owned(), |i| i.to_string()),
+            if name.is_empty() { "-".into() } else { name },
+            procs,
+            if container.is_empty() { "-".into() } else { container },
+            created,
+            by,
+        ]);
+    }
+    let widths: Vec<usize> = (0..7).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    rows.iter()
+        .map(|r| {
+            r.iter().enumerate().map(|(c, cell)| format!("{cell:<w$}", w = widths[c])).collect::<Vec<_>>().join("  ").trim_end().to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
