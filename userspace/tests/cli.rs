@@ -122,3 +122,145 @@ fn an_invalid_policy_file_is_refused_at_start_with_line_and_reason() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config /nonexistent/nstrail.toml: No such file"));
 }
+
+/// `nstrail run` as a child process, its JSON lines collected, stopped with
+/// SIGTERM on drop.
+struct RunningAgent {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl RunningAgent {
+    fn start(socket: &std::path::Path) -> Self {
+        let mut child = Command::new(NSTRAIL)
+            .arg("run")
+            .arg("--socket")
+            .arg(socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nstrail run");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ready_tx, ready) = mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+                if value["type"] == "agent_start" {
+                    let _ = ready_tx.send(());
+                }
+                sink.lock().unwrap().push(value);
+            }
+        });
+        ready.recv_timeout(Duration::from_secs(30)).expect("agent started");
+        // The socket is bound before the first record is written.
+        assert!(socket.exists(), "API socket at {}", socket.display());
+        Self { child, lines }
+    }
+
+    fn stop(mut self) -> Vec<serde_json::Value> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert!(self.child.wait().expect("wait").success());
+        std::thread::sleep(Duration::from_millis(100));
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child (no-op once it has exited).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// `ip netns add` with a drop guard.
+struct Netns(String);
+
+impl Netns {
+    fn add(tag: &str) -> Self {
+        let name = format!("nstrail-cli-{tag}-{}", std::process::id());
+        assert!(Command::new("ip").args(["netns", "add", &name]).status().expect("ip").success());
+        Self(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ls_json(socket: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = Command::new(NSTRAIL).arg("ls").arg("--json").arg("--socket").arg(socket).output().expect("nstrail ls");
+    assert!(out.status.success(), "ls failed: {}", String::from_utf8_lossy(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ls JSON");
+    value["namespaces"].as_array().expect("namespaces").clone()
+}
+
+fn named<'a>(records: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
+    records.iter().find(|r| r["names"].as_array().is_some_and(|n| n.iter().any(|v| v == name)))
+}
+
+#[test]
+fn ls_asks_the_agent_and_a_restarted_agent_rebuilds_the_same_view() {
+    assert!(is_root(), "run the tests as root (cargo xtask test)");
+    let socket = std::env::temp_dir().join(format!("nstrail-ls-{}.sock", std::process::id()));
+    let agent = RunningAgent::start(&socket);
+    let ns = Netns::add("ls");
+
+    let records = ls_json(&socket);
+    let record = named(&records, &ns.0).expect("ls shows the new namespace by name");
+    assert_eq!(record["created"]["actor"]["comm"], "ip");
+    assert_eq!(record["created"]["via"], "unshare");
+    assert_eq!(record["seen_at_start"], false);
+    let id = record["id"].as_u64().expect("id");
+    assert_eq!(records.iter().filter(|r| r["host"] == true).count(), 1);
+    let table = Command::new(NSTRAIL).arg("ls").arg("--socket").arg(&socket).output().expect("ls");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("INODE"), "{table}");
+    assert!(table.lines().any(|l| l.contains(&ns.0) && l.contains("ip[")), "{table}");
+    agent.stop();
+
+    // Restarted: the namespace is known again, as existing before the agent,
+    // and no create is invented for it.
+    let agent = RunningAgent::start(&socket);
+    let record = named(&ls_json(&socket), &ns.0).cloned().expect("still listed after restart");
+    assert_eq!((record["id"].as_u64(), record["seen_at_start"].as_bool()), (Some(id), Some(true)));
+    assert!(record.get("created").is_none());
+    drop(ns);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(named(&ls_json(&socket), &format!("nstrail-cli-ls-{}", std::process::id())).is_none(), "dropped after del");
+    let lines = agent.stop();
+    assert!(
+        !lines.iter().any(|l| l["type"] == "netns_create" && l["netns"]["id"] == id),
+        "no fake create after a restart"
+    );
+    assert!(lines.iter().any(|l| l["type"] == "netns_destroy" && l["netns"]["id"] == id));
+    assert!(!socket.exists(), "the socket is removed on exit");
+}
+
+#[test]
+fn ls_without_an_agent_says_what_to_do() {
+    let out = Command::new(NSTRAIL).args(["ls", "--socket", "/nonexistent/nstrail.sock"]).output().expect("ls");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "nstrail: error: no agent is running at /nonexistent/nstrail.sock (No such file or directory (os error 2)); \
+         start one with `nstrail run`, or use `nstrail ls --offline` to scan /proc directly"
+    );
+}
+
+#[test]
+fn ls_offline_scans_proc() {
+    assert!(is_root(), "run the tests as root (cargo xtask test)");
+    let out = Command::new(NSTRAIL).args(["ls", "--offline", "--json"]).output().expect("ls");
+    assert!(out.status.success());
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let own = std::fs::read_link("/proc/self/ns/net").expect("own netns").to_string_lossy().into_owned();
+    let inode: u64 = own.trim_start_matches("net:[").trim_end_matches(']').parse().expect("inode");
+    let records = value["namespaces"].as_array().expect("namespaces");
+    assert!(records.iter().any(|r| r["inode"] == inode && r["processes"].as_u64() > Some(0)));
+}
