@@ -181,3 +181,34 @@ fn a_thousand_live_namespaces_are_all_listed() {
     assert!(held.iter().all(|r| r.processes == 0 && r.fds.len() == 1));
     assert!(Path::new(&format!("/proc/{}", holder.pid())).exists());
 }
+
+#[test]
+fn events_carry_the_names_and_containers_of_their_namespaces() {
+    let container = RuncContainer::start();
+    let (ns, _) = NamedNetns::add("label");
+    let id = ns.identity();
+    let container_netns = NetnsIdentity::of_pid(container.pid());
+    let mut agent = TestAgent::start();
+    let inventory = agent.inventory();
+    // The agent learns names from the mount table and containers from /proc.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while inventory.lock().unwrap().labels(id.id).is_none_or(|l| l.names.is_empty()) {
+        assert!(Instant::now() < deadline, "the agent never learned the name");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let exec = run_ok("ip", &["netns", "exec", &ns.name, "true"]);
+    let path = format!("--net=/proc/{}/ns/net", container.pid());
+    let enter = run_ok("nsenter", &[&path, "true"]);
+    agent.wait_until(Duration::from_secs(20), "both enters", |log| {
+        !log.by_pid(exec.pid).is_empty() && !log.by_pid(enter.pid).is_empty()
+    });
+    let into_named = agent.log.by_pid(exec.pid)[0].body.netns().cloned().expect("netns");
+    assert_eq!((into_named.id, into_named.name.as_deref()), (id.id, Some(ns.name.as_str())));
+    assert!(into_named.containers.is_empty());
+    let into_container = agent.log.by_pid(enter.pid)[0].body.netns().cloned().expect("netns");
+    assert_eq!(into_container.id, container_netns.id);
+    assert_eq!(into_container.name, None);
+    let runtimes: Vec<_> = into_container.containers.iter().map(|c| (c.runtime.as_str(), c.id.as_str())).collect();
+    assert_eq!(runtimes, [("runc", container.id.as_str())]);
+}

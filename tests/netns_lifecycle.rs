@@ -15,7 +15,7 @@ fn helper() -> &'static str {
 }
 
 fn netns(identity: NetnsIdentity) -> Netns {
-    Netns { inode: identity.inode, id: identity.id }
+    Netns::new(identity.inode, identity.id)
 }
 
 /// The one create event made by `pid`; panics unless there is exactly one.
@@ -26,7 +26,7 @@ fn only_create_by(agent: &TestAgent, pid: u32) -> Event {
 }
 
 fn created_netns(event: &Event) -> Netns {
-    event.body.netns().expect("create has a netns")
+    event.body.netns().cloned().expect("create has a netns")
 }
 
 /// Waits for the destroy of `id`, then checks the namespace's whole history
@@ -54,7 +54,7 @@ fn unshare_n_true_creates_then_destroys() {
     assert_eq!((actor.pid, actor.tid, actor.ppid, actor.uid), (ran.pid, ran.pid, std::process::id(), 0));
     assert_eq!(*via, CreateVia::Unshare);
     assert_eq!(*child, None);
-    assert_eq!(*parent_netns, netns(host));
+    assert_eq!(parent_netns.clone(), netns(host));
     let id = created_netns(&create).id;
     assert_ne!(id, host.id);
     assert_history(&mut agent, id, &["netns_create", "netns_destroy"]);
@@ -76,7 +76,7 @@ fn unshare_n_sleep_reports_the_inode_readlink_shows() {
     let create = only_create_by(&agent, pid);
     assert_eq!(created_netns(&create), netns(live));
     let EventBody::NetnsCreate { parent_netns, actor, .. } = &create.body else { unreachable!() };
-    assert_eq!(*parent_netns, netns(host));
+    assert_eq!(parent_netns.clone(), netns(host));
     assert_eq!(actor.comm, "unshare");
     assert_history(&mut agent, live.id, &["netns_create", "netns_destroy"]);
 }
@@ -94,10 +94,10 @@ fn ip_netns_add_and_del() {
     let types: Vec<_> = by_ip.iter().map(|e| e.body.type_name()).collect();
     assert_eq!(types, ["netns_create", "netns_enter"], "{}", agent.log.dump());
     let EventBody::NetnsCreate { netns: created, parent_netns, via, actor, .. } = &by_ip[0].body else { unreachable!() };
-    assert_eq!((*created, *parent_netns, *via), (netns(named), netns(host), CreateVia::Unshare));
+    assert_eq!((created.clone(), parent_netns.clone(), *via), (netns(named), netns(host), CreateVia::Unshare));
     assert_eq!(actor.comm, "ip");
     let EventBody::NetnsEnter { netns: entered, from_netns, .. } = &by_ip[1].body else { unreachable!() };
-    assert_eq!((*entered, *from_netns), (netns(host), netns(named)));
+    assert_eq!((entered.clone(), from_netns.clone()), (netns(host), netns(named)));
 
     let del = ns.delete();
     assert_history(&mut agent, named.id, &["netns_create", "netns_enter", "netns_destroy"]);
@@ -121,8 +121,8 @@ fn clone_helper_creates(mode: &str, expected_via: CreateVia) {
     let EventBody::NetnsCreate { netns: created, parent_netns, via, actor, child: new_task } = &create.body else {
         unreachable!()
     };
-    assert_eq!(*created, Netns { inode, id });
-    assert_eq!(*parent_netns, netns(host));
+    assert_eq!(created.clone(), Netns::new(inode, id));
+    assert_eq!(parent_netns.clone(), netns(host));
     assert_eq!(*via, expected_via);
     assert_eq!(actor.comm, "netns-helper");
     assert_eq!(new_task.map(|c| (c.pid, c.tid)), Some((child, child)));
@@ -154,7 +154,7 @@ fn nsenter_enters_a_named_namespace() {
     let EventBody::NetnsEnter { netns: entered, from_netns, actor } = &by_nsenter[0].body else {
         panic!("expected netns_enter: {:?}", by_nsenter[0])
     };
-    assert_eq!((*entered, *from_netns), (netns(named), netns(host)));
+    assert_eq!((entered.clone(), from_netns.clone()), (netns(named), netns(host)));
     assert_eq!((actor.comm.as_str(), actor.tid), ("nsenter", ran.pid));
 }
 
@@ -172,7 +172,7 @@ fn ip_netns_exec_is_an_enter_not_a_create() {
     let types: Vec<_> = by_ip.iter().map(|e| e.body.type_name()).collect();
     assert_eq!(types, ["netns_enter"], "{}", agent.log.dump());
     let EventBody::NetnsEnter { netns: entered, from_netns, actor } = &by_ip[0].body else { unreachable!() };
-    assert_eq!((*entered, *from_netns), (netns(named), netns(host)));
+    assert_eq!((entered.clone(), from_netns.clone()), (netns(named), netns(host)));
     assert_eq!(actor.comm, "ip");
     assert_eq!(agent.log.touching(named.id).len(), 1, "nothing else about the namespace");
 }
@@ -193,7 +193,7 @@ fn one_thread_of_a_process_enters_alone() {
     let events = agent.log.by_pid(pid);
     assert_eq!(events.len(), 1, "{}", agent.log.dump());
     let EventBody::NetnsEnter { netns: entered, from_netns, actor } = &events[0].body else { unreachable!() };
-    assert_eq!((*entered, *from_netns), (netns(named), netns(host)));
+    assert_eq!((entered.clone(), from_netns.clone()), (netns(named), netns(host)));
     assert_eq!((actor.pid, actor.tid), (pid, tid));
 }
 

@@ -49,7 +49,7 @@ fn write_of(event: &Event) -> (Write, Actor, Option<u64>) {
             result: *result,
             errno: *errno,
             rule: *rule,
-            netns: *netns,
+            netns: netns.clone(),
         },
         actor.clone(),
         *tcp_sockets_in_use,
@@ -57,7 +57,7 @@ fn write_of(event: &Event) -> (Write, Actor, Option<u64>) {
 }
 
 fn netns(identity: NetnsIdentity) -> Netns {
-    Netns { inode: identity.inode, id: identity.id }
+    Netns::new(identity.inode, identity.id)
 }
 
 /// Waits for, and returns, the only sysctl_write by `pid`.
@@ -159,7 +159,7 @@ fn runc_like_sequence_writes_before_the_app_starts() {
     agent.wait_until(WAIT, "create and sysctl_write", |log| {
         log.by_pid_of_type(ran.pid, "netns_create").len() == 1 && !log.by_pid_of_type(ran.pid, "sysctl_write").is_empty()
     });
-    let created = agent.log.by_pid_of_type(ran.pid, "netns_create")[0].body.netns().expect("netns");
+    let created = agent.log.by_pid_of_type(ran.pid, "netns_create")[0].body.netns().cloned().expect("netns");
     let (write, actor, tcp) = only_write_by(&mut agent, ran.pid);
     assert_eq!(write.netns, created, "the write acts on the new namespace");
     assert_eq!((write.sysctl.as_str(), write.new.as_str(), write.result), ("net.ipv4.tcp_keepalive_time", "600", SysctlResult::Applied));

@@ -140,8 +140,13 @@ impl Agent {
             }
             match decode(bytes) {
                 Ok(kernel_event) => {
-                    let event = correlator.kernel_record(&kernel_event);
-                    inventory.lock().expect("inventory lock").observe(&event);
+                    let mut event = correlator.kernel_record(&kernel_event);
+                    {
+                        let mut inventory = inventory.lock().expect("inventory lock");
+                        // Labels as known before the event (a destroyed namespace loses them).
+                        inventory.label(&mut event);
+                        inventory.observe(&event);
+                    }
                     summary.events += 1;
                     result = out.send(&event);
                 }
@@ -171,12 +176,40 @@ impl Agent {
     }
 }
 
-/// Names and containers come from /proc, not from events: rescan now and then.
+/// Names and containers come from /proc, not from events: rescan when the
+/// mount table changes (a bind mount such as /run/netns/NAME appears or
+/// goes; the kernel flags /proc/self/mountinfo) and every few seconds for
+/// the rest (containers starting).
 async fn relabel_periodically(inventory: Arc<Mutex<Inventory>>) {
+    use std::io::{Read, Seek};
+    let mut mountinfo = std::fs::File::open("/proc/self/mountinfo")
+        .and_then(|f| crate::reader::owned_fd_with_interest(f, tokio::io::Interest::PRIORITY))
+        .map_err(|err| log::warn!("cannot watch the mount table ({err}); names refresh every {RELABEL_EVERY:?}"))
+        .ok();
     let mut every = tokio::time::interval(RELABEL_EVERY);
     every.tick().await;
     loop {
-        every.tick().await;
+        tokio::select! {
+            _ = every.tick() => {}
+            changed = async {
+                match mountinfo.as_mut() {
+                    Some(fd) => fd.ready_mut(tokio::io::Interest::PRIORITY).await.map(|mut guard| {
+                        // Reading the table to its end re-arms the change flag.
+                        let file = guard.get_inner_mut();
+                        let _ = file.rewind();
+                        let _ = std::io::copy(&mut file.take(u64::MAX), &mut std::io::sink());
+                        guard.clear_ready();
+                    }),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if changed.is_err() {
+                    mountinfo = None;
+                }
+                // Mounts come in bursts (container start): let them settle.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         if let Ok(scan) = tokio::task::spawn_blocking(scan::scan).await {
             inventory.lock().expect("inventory lock").relabel(&scan);
         }

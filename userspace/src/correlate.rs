@@ -80,7 +80,7 @@ pub fn rfc3339(unix_ns: i128) -> String {
 }
 
 fn netns(r: NetnsRef) -> Netns {
-    Netns { inode: r.inode, id: r.cookie }
+    Netns::new(r.inode, r.cookie)
 }
 
 fn actor(a: &nstrail_abi::Actor) -> Actor {

@@ -2,13 +2,43 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Identity of a network namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+use crate::inventory::Container;
+
+/// A network namespace: its identity, and what users call it when known.
+/// Two values are equal when they name the same namespace (inode and id);
+/// the labels do not take part.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Netns {
     /// nsfs inode (`readlink /proc/PID/ns/net`); reused by the kernel.
     pub inode: u32,
     /// Unique for the boot (`net_cookie`, `SO_NETNS_COOKIE`, `NS_GET_ID`).
     pub id: u64,
+    /// Name of a bind mount of it (`ip netns` name, docker sandbox id), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Containers whose processes are in it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<Container>,
+}
+
+impl Netns {
+    pub fn new(inode: u32, id: u64) -> Self {
+        Self { inode, id, name: None, containers: Vec::new() }
+    }
+}
+
+impl PartialEq for Netns {
+    fn eq(&self, other: &Self) -> bool {
+        (self.inode, self.id) == (other.inode, other.id)
+    }
+}
+
+impl Eq for Netns {}
+
+impl std::hash::Hash for Netns {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.inode, self.id).hash(state);
+    }
 }
 
 /// The task behind an event.
@@ -153,13 +183,24 @@ impl EventBody {
     }
 
     /// The namespace the event is about, if any.
-    pub fn netns(&self) -> Option<Netns> {
+    pub fn netns(&self) -> Option<&Netns> {
         match self {
             Self::NetnsCreate { netns, .. }
             | Self::NetnsEnter { netns, .. }
             | Self::NetnsDestroy { netns, .. }
-            | Self::SysctlWrite { netns, .. } => Some(*netns),
+            | Self::SysctlWrite { netns, .. } => Some(netns),
             Self::Lost { .. } | Self::AgentStart { .. } => None,
+        }
+    }
+
+    /// Every namespace the event names (the one it is about, and the one
+    /// left or created from), for labelling.
+    pub fn namespaces_mut(&mut self) -> Vec<&mut Netns> {
+        match self {
+            Self::NetnsCreate { netns, parent_netns, .. } => vec![netns, parent_netns],
+            Self::NetnsEnter { netns, from_netns, .. } => vec![netns, from_netns],
+            Self::NetnsDestroy { netns, .. } | Self::SysctlWrite { netns, .. } => vec![netns],
+            Self::Lost { .. } | Self::AgentStart { .. } => vec![],
         }
     }
 

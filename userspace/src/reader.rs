@@ -111,8 +111,12 @@ impl KernelCounters {
 
 /// Registers a map-backed reader with the tokio reactor for readability.
 pub(crate) fn readable_fd<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
-    // SAFETY: the ring buffers passed here own their map fd and keep it open,
-    // unchanged, for as long as they live; the AsyncFd owns them.
-    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
-        .map_err(|e| std::io::Error::other(e.to_string()))
+    owned_fd_with_interest(inner, Interest::READABLE)
+}
+
+/// Registers an fd-owning value with the tokio reactor.
+pub(crate) fn owned_fd_with_interest<T: AsRawFd>(inner: T, interest: Interest) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: the values passed here (ring buffers, files) own their fd and
+    // keep it open, unchanged, for as long as they live; the AsyncFd owns them.
+    unsafe { AsyncFd::register_with_interest(inner, interest) }.map_err(|e| std::io::Error::other(e.to_string()))
 }

@@ -130,6 +130,20 @@ impl Inventory {
         self.labels.get(&id)
     }
 
+    /// Adds the name and containers the latest scan knows to an event's
+    /// namespaces (for one whose mount just went, the name it last had).
+    pub fn label(&self, event: &mut Event) {
+        for netns in event.body.namespaces_mut() {
+            if let Some(labels) = self.labels.get(&netns.id) {
+                netns.name = labels.names.first().cloned();
+                netns.containers = labels.containers.clone();
+            }
+            if netns.name.is_none() {
+                netns.name = self.live.get(&netns.id).and_then(|t| t.last_names.first().cloned());
+            }
+        }
+    }
+
     /// Updates the inventory with an event the agent emitted.
     pub fn observe(&mut self, event: &Event) {
         match &event.body {
