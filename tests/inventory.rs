@@ -15,8 +15,18 @@ fn helper() -> &'static str {
 }
 
 fn offline() -> Vec<NetnsRecord> {
-    let scan = scan::scan();
+    let mut scan = scan::scan();
+    scan::with_devices(&mut scan);
     Inventory::from_scan(&scan).live_records(&scan)
+}
+
+/// A veth pair with one end moved into a namespace; deleted on drop.
+struct Veth(String);
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
 }
 
 /// Inodes of the network namespaces `lsns -t net` lists.
@@ -38,6 +48,9 @@ fn offline_inventory_covers_lsns_and_fd_held_namespaces() {
     let (mut held, _) = NamedNetns::add("held");
     let held_id = held.identity();
     let (other, _) = NamedNetns::add("other");
+    let veth = Veth(format!("nst{}a", std::process::id() % 100000));
+    let peer = format!("nst{}b", std::process::id() % 100000);
+    run_ok("ip", &["link", "add", &veth.0, "type", "veth", "peer", "name", &peer, "netns", &other.name]);
     let path = held.path().display().to_string();
     let holder = Background::start("ip", &["netns", "exec", &other.name, helper(), "hold-fd", &path]);
     let (holder_pid, holder_fd) = (field(&holder.first_line, "pid") as u32, field(&holder.first_line, "fd") as u32);
@@ -60,6 +73,9 @@ fn offline_inventory_covers_lsns_and_fd_held_namespaces() {
     assert_eq!(named.names, [other.name.clone()]);
     assert_eq!(named.mounts, [other.path().display().to_string()]);
     assert_eq!(named.processes, 1, "the holder process runs in it");
+    let devices: Vec<_> = named.devices.iter().map(|d| (d.name.as_str(), d.kind.as_deref())).collect();
+    assert_eq!(devices, [("lo", None), (peer.as_str(), Some("veth"))]);
+    assert_eq!(named.devices[0].ifindex, 1);
     let host = records.iter().filter(|r| r.host).collect::<Vec<_>>();
     assert_eq!(host.len(), 1);
     // pid 1's namespace, or ours where a sandbox hides pid 1's.

@@ -139,6 +139,7 @@ impl Agent {
                 return;
             }
             match decode(bytes) {
+                Ok(kernel_event) if is_own_device_listing(&kernel_event) => {}
                 Ok(kernel_event) => {
                     let mut event = correlator.kernel_record(&kernel_event);
                     {
@@ -174,6 +175,12 @@ impl Agent {
         self.counters.log_probe_errors();
         Ok(())
     }
+}
+
+/// The agent's own threads enter namespaces briefly to list their devices
+/// (`nstrail ls`); those switches are not events.
+fn is_own_device_listing(event: &crate::decode::KernelEvent) -> bool {
+    matches!(event, crate::decode::KernelEvent::NetnsEnter(e) if e.actor.pid == std::process::id())
 }
 
 /// Names and containers come from /proc, not from events: rescan when the

@@ -119,7 +119,13 @@ async fn answer(line: &[u8], inventory: &Arc<Mutex<Inventory>>) -> InventoryRepl
     };
     match request.op.as_str() {
         "inventory" => {
-            let scan = tokio::task::spawn_blocking(scan::scan).await.unwrap_or_default();
+            let scan = tokio::task::spawn_blocking(|| {
+                let mut scan = scan::scan();
+                scan::with_devices(&mut scan);
+                scan
+            })
+            .await
+            .unwrap_or_default();
             let mut inventory = inventory.lock().expect("inventory lock");
             InventoryReply {
                 ok: true,

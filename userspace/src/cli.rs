@@ -79,7 +79,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn list(args: LsArgs) -> anyhow::Result<()> {
     let (mut namespaces, destroyed) = if args.offline {
-        let scan = nstrail::inventory::scan::scan();
+        let mut scan = nstrail::inventory::scan::scan();
+        nstrail::inventory::scan::with_devices(&mut scan);
         (nstrail::inventory::Inventory::from_scan(&scan).live_records(&scan), Vec::new())
     } else {
         let reply = nstrail::api::fetch_inventory(&args.socket)?;

@@ -222,7 +222,12 @@ fn ls_asks_the_agent_and_a_restarted_agent_rebuilds_the_same_view() {
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.starts_with("INODE"), "{table}");
     assert!(table.lines().any(|l| l.contains(&ns.0) && l.contains("ip[")), "{table}");
-    agent.stop();
+    let agent_pid = agent.child.id();
+    let lines = agent.stop();
+    assert!(
+        !lines.iter().any(|l| l["type"] == "netns_enter" && l["actor"]["pid"] == agent_pid),
+        "listing devices does not show up as the agent entering namespaces"
+    );
 
     // Restarted: the namespace is known again, as existing before the agent,
     // and no create is invented for it.

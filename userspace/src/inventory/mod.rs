@@ -4,6 +4,7 @@
 //! "seen at start") and kept current from the events.
 
 pub mod containers;
+pub mod devices;
 pub mod scan;
 
 use std::{
@@ -14,6 +15,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use containers::Container;
+pub use devices::Device;
 use scan::{name_of_mount, Scan};
 
 use crate::event::{Actor, CreateVia, Event, EventBody, SysctlResult};
@@ -45,6 +47,9 @@ pub struct NetnsRecord {
     pub processes: u32,
     /// Open nsfs file descriptors holding it, as (pid, fd).
     pub fds: Vec<(u32, u32)>,
+    /// Its network devices (empty when not listed).
+    #[serde(default)]
+    pub devices: Vec<Device>,
     /// Set when the agent saw it created; absent for namespaces that existed at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<Origin>,
@@ -252,6 +257,7 @@ fn record_of(
         containers: labels.containers.clone(),
         processes: observed.map_or(0, |o| o.pids.len() as u32),
         fds: observed.map(|o| o.fds.clone()).unwrap_or_default(),
+        devices: observed.map(|o| o.devices.clone()).unwrap_or_default(),
         created: tracked.created.clone(),
         seen_at_start: tracked.seen_at_start,
         enters: tracked.enters,
@@ -268,6 +274,7 @@ pub fn render_table(records: &[NetnsRecord]) -> String {
         "ID".to_owned(),
         "NAME".to_owned(),
         "PROCS".to_owned(),
+        "DEVICES".to_owned(),
         "CONTAINER".to_owned(),
         "CREATED".to_owned(),
         "BY".to_owned(),
@@ -284,18 +291,20 @@ pub fn render_table(records: &[NetnsRecord]) -> String {
             Some(o) => (o.ts.get(..19).unwrap_or(&o.ts).replace('T', " "), format!("{}[{}]", o.actor.comm, o.actor.pid)),
             None => ("before agent".to_owned(), "-".to_owned()),
         };
+        let devices = r.devices.iter().filter(|d| d.name != "lo").map(|d| d.name.as_str()).collect::<Vec<_>>().join(",");
         let procs = if r.processes == 0 && !r.fds.is_empty() { format!("0 ({} fd)", r.fds.len()) } else { r.processes.to_string() };
         rows.push([
             r.inode.to_string(),
             r.id.map_or("-".to_owned(), |i| i.to_string()),
             if name.is_empty() { "-".into() } else { name },
             procs,
+            if devices.is_empty() { "-".into() } else { devices },
             if container.is_empty() { "-".into() } else { container },
             created,
             by,
         ]);
     }
-    let widths: Vec<usize> = (0..7).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..8).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     rows.iter()
         .map(|r| {
             r.iter().enumerate().map(|(c, cell)| format!("{cell:<w$}", w = widths[c])).collect::<Vec<_>>().join("  ").trim_end().to_owned()

@@ -29,6 +29,10 @@ pub struct Observed {
     /// nsfs bind mounts, as paths in the agent's view.
     pub mounts: BTreeSet<PathBuf>,
     pub containers: BTreeSet<Container>,
+    /// A path to reach it by (a task's ns file, an fd, a mount).
+    pub path: Option<PathBuf>,
+    /// Its network devices, when asked for ([`with_devices`]).
+    pub devices: Vec<super::devices::Device>,
 }
 
 /// Every network namespace reachable from /proc.
@@ -106,6 +110,7 @@ pub fn scan() -> Scan {
     for (inode, path) in id_paths {
         if let Some(observed) = out.namespaces.get_mut(&inode) {
             observed.id = ns_id(&path);
+            observed.path = Some(path);
         }
     }
     // readlink works where stat of pid 1's namespace is refused (some sandboxes).
@@ -175,6 +180,15 @@ fn scan_mounts(process: &Process, pid: u32, out: &mut Scan, id_paths: &mut BTree
         let through_root = PathBuf::from(format!("/proc/{pid}/root")).join(mount.mount_point.strip_prefix("/").unwrap_or(&mount.mount_point));
         entry(out, inode).mounts.insert(mount.mount_point.clone());
         id_paths.entry(inode).or_insert(through_root);
+    }
+}
+
+/// Lists every scanned namespace's devices (a thread enters each briefly).
+pub fn with_devices(scan: &mut Scan) {
+    for observed in scan.namespaces.values_mut() {
+        if let Some(path) = &observed.path {
+            observed.devices = super::devices::list(path).unwrap_or_default();
+        }
     }
 }
 
