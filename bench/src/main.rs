@@ -131,8 +131,39 @@ fn cpu_ns() -> u64 {
     total
 }
 
+/// Makes `n` namespaces, each kept alive only by an open fd, prints
+/// `held=N`, and keeps them until stdin closes.
+fn hold_namespaces(n: u64) -> ExitCode {
+    use std::os::fd::AsRawFd;
+    let limit = libc::rlimit { rlim_cur: n + 256, rlim_max: n + 256 };
+    // SAFETY: valid rlimit value.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        fail("raise RLIMIT_NOFILE");
+    }
+    let home = std::fs::File::open("/proc/thread-self/ns/net").unwrap_or_else(|_| fail("open own netns"));
+    let mut held = Vec::new();
+    for _ in 0..n {
+        // SAFETY: plain syscall; this thread moves into a new namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            fail("unshare");
+        }
+        held.push(std::fs::File::open("/proc/thread-self/ns/net").unwrap_or_else(|_| fail("open netns")));
+    }
+    // SAFETY: back home, so only the fds hold the namespaces.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        fail("setns home");
+    }
+    println!("held={}", held.len());
+    let mut sink = String::new();
+    let _ = std::io::stdin().read_line(&mut sink);
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let (Some("hold-namespaces"), Some(Ok(n))) = (args.first().map(String::as_str), args.get(1).map(|s| s.parse())) {
+        return hold_namespaces(n);
+    }
     let (Some(case), Some(Ok(n))) = (args.first(), args.get(1).map(|s| s.parse::<u64>())) else {
         eprintln!("usage: nstrail-bench fork-exit|fork-exec|netns-churn|sysctl-read|sysctl-write|udp-sendmsg ITERATIONS");
         return ExitCode::from(2);

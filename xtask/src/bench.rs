@@ -66,6 +66,7 @@ fn run_workload(bench: &Path, case: &str, iterations: u64) -> Result<PerOp> {
 /// A running agent whose JSON output is counted, not kept.
 struct RunningAgent {
     child: Child,
+    socket: std::path::PathBuf,
     events: Arc<AtomicU64>,
     lost: Arc<AtomicU64>,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -73,8 +74,10 @@ struct RunningAgent {
 
 impl RunningAgent {
     fn start(nstrail: &Path) -> Result<Self> {
+        let socket = std::env::temp_dir().join(format!("nstrail-bench-{}.sock", std::process::id()));
         let mut child = Command::new(nstrail)
-            .args(["run"])
+            .args(["run", "--socket"])
+            .arg(&socket)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -98,7 +101,7 @@ impl RunningAgent {
                 }
             }
         });
-        Ok(Self { child, events, lost, reader: Some(reader) })
+        Ok(Self { child, socket, events, lost, reader: Some(reader) })
     }
 
     /// utime + stime of the agent, in clock ticks.
@@ -109,6 +112,11 @@ impl RunningAgent {
         // Fields after the comm: state is index 0; utime and stime are 11 and 12.
         fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
             + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
     }
 
     fn stop(mut self) -> Result<(u64, u64)> {
@@ -138,12 +146,66 @@ fn machine() -> String {
     format!("{cores} x {model}, Linux {}", kernel.trim())
 }
 
+/// `nstrail ls` against an agent, and offline, with `count` extra live
+/// namespaces; and the agent's resident memory then.
+fn inventory_at_scale(nstrail: &Path, bench: &Path, count: u64, rounds: usize) -> Result<String> {
+    eprintln!("bench: nstrail ls with {count} extra live namespaces ({rounds} rounds)");
+    let mut holder = Command::new(bench)
+        .args(["hold-namespaces", &count.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the namespace holder")?;
+    let mut first = String::new();
+    BufReader::new(holder.stdout.as_mut().expect("stdout")).read_line(&mut first)?;
+    if !first.starts_with("held=") {
+        bail!("the namespace holder failed: {first}");
+    }
+    let agent = RunningAgent::start(nstrail)?;
+    let time_ls = |args: &[&str]| -> Result<(f64, usize)> {
+        let start = std::time::Instant::now();
+        let out = Command::new(nstrail).args(args).output()?;
+        let elapsed = start.elapsed().as_secs_f64() * 1000.0;
+        if !out.status.success() {
+            bail!("nstrail {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok((elapsed, String::from_utf8_lossy(&out.stdout).matches("\"inode\"").count()))
+    };
+    let socket = agent.socket.display().to_string();
+    let (mut via_agent, mut offline, mut listed) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..rounds {
+        let (ms, n) = time_ls(&["ls", "--json", "--socket", &socket])?;
+        via_agent.push(ms);
+        listed = n;
+        offline.push(time_ls(&["ls", "--json", "--offline"])?.0);
+    }
+    let rss = agent.rss_kib();
+    agent.stop()?;
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    Ok(format!(
+        "| nstrail ls (agent), {listed} namespaces listed | {:.0} ms median ({:.0}-{:.0}) |\n| nstrail ls --offline | {:.0} ms median ({:.0}-{:.0}) |\n| agent RSS after the listings | {:.1} MiB |\n",
+        median(&via_agent),
+        via_agent.iter().cloned().fold(f64::MAX, f64::min),
+        via_agent.iter().cloned().fold(f64::MIN, f64::max),
+        median(&offline),
+        offline.iter().cloned().fold(f64::MAX, f64::min),
+        offline.iter().cloned().fold(f64::MIN, f64::max),
+        rss as f64 / 1024.0
+    ))
+}
+
 pub fn run(root: &Path, rounds: usize, only: Option<&str>) -> Result<()> {
     let nstrail = root.join("target/release/nstrail");
     let bench = root.join("target/release/nstrail-bench");
     // SAFETY: sysconf has no preconditions; 2 = _SC_CLK_TCK.
     let ticks_per_s = unsafe { sysconf(2) }.max(1) as f64;
     let mut results = Vec::new();
+    let inventory = if only.is_none_or(|o| o == "inventory") {
+        Some(inventory_at_scale(&nstrail, &bench, 1000, rounds)?)
+    } else {
+        None
+    };
     for &(case, iterations, about) in CASES.iter().filter(|(c, _, _)| only.is_none_or(|o| o == *c)) {
         eprintln!("bench: {case} ({iterations} ops x {rounds} rounds, agent off and on alternating)");
         // Warm-up, not measured.
@@ -195,6 +257,10 @@ pub fn run(root: &Path, rounds: usize, only: Option<&str>) -> Result<()> {
             "{{\"case\":\"{case}\",\"about\":\"{about}\",\"ops_per_round\":{iterations},\"cpu_ns_per_op_off\":{c_offs:?},\"cpu_ns_per_op_on\":{c_ons:?},\"cpu_ratio_median\":{c_ratio:.4},\"cpu_ratio_min\":{c_lo:.4},\"cpu_ratio_max\":{c_hi:.4},\"wall_ns_per_op_off\":{w_offs:?},\"wall_ns_per_op_on\":{w_ons:?},\"wall_ratio_median\":{w_ratio:.4},\"wall_ratio_min\":{w_lo:.4},\"wall_ratio_max\":{w_hi:.4},\"events\":{},\"lost\":{},\"agent_cpu_ms\":{:.1}}}",
             s.events, s.lost, s.agent_cpu_ms
         ));
+    }
+    if let Some(inventory) = &inventory {
+        table.push_str("\n| inventory at 1,000 extra namespaces | figure |\n|---|---|\n");
+        table.push_str(inventory);
     }
     println!("{table}");
     let dir = root.join("target/bench");
