@@ -14,6 +14,7 @@ use crate::{
     event::{Event, EventBody, ProbeStatus},
     export::{ExportError, Exporter},
     inventory::{scan, Inventory},
+    metrics::{Metrics, MetricsOptions},
     loader::{self, LoadOptions},
     preflight,
     reader::{EventReader, KernelCounters},
@@ -34,6 +35,7 @@ pub struct Agent {
     probe_log: Option<EbpfLogger<&'static dyn log::Log>>,
     correlator: Correlator,
     inventory: Arc<Mutex<Inventory>>,
+    metrics: Arc<Metrics>,
 }
 
 /// What a run did, for the caller and the tests.
@@ -48,7 +50,12 @@ impl Agent {
     /// Checks the host, loads and attaches every probe. Must be called
     /// inside a tokio runtime (the readers register with its reactor).
     pub fn load(options: &LoadOptions) -> Result<Self, Error> {
+        Self::load_with_metrics(options, MetricsOptions::default())
+    }
+
+    pub fn load_with_metrics(options: &LoadOptions, metrics: MetricsOptions) -> Result<Self, Error> {
         let mut loaded = loader::load(options)?;
+        let metrics = Arc::new(Metrics::new(metrics, &loaded.status));
         let probe_log = match EbpfLogger::init(&mut loaded.ebpf) {
             Ok(logger) => Some(logger),
             Err(err) => {
@@ -69,7 +76,13 @@ impl Agent {
             probe_log,
             correlator: Correlator::new(),
             inventory,
+            metrics,
         })
+    }
+
+    /// The agent's metrics, for the /metrics endpoint.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The live inventory, shared with the local API.
@@ -89,7 +102,7 @@ impl Agent {
         shutdown: impl Future<Output = ()>,
     ) -> Result<RunSummary, Error> {
         let mut summary = RunSummary::default();
-        let mut out = Output { exporters, closed: false };
+        let mut out = Output { exporters, closed: false, metrics: self.metrics.clone() };
         let start = self.correlator.agent_record(EventBody::AgentStart {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel: preflight::kernel_release(),
@@ -153,6 +166,7 @@ impl Agent {
                 }
                 Err(err) => {
                     summary.decode_errors += 1;
+                    out.metrics.decode_error();
                     log::error!("dropping undecodable record: {err}");
                 }
             }
@@ -228,10 +242,12 @@ async fn relabel_periodically(inventory: Arc<Mutex<Inventory>>) {
 struct Output<'a> {
     exporters: &'a mut [Box<dyn Exporter>],
     closed: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl Output<'_> {
     fn send(&mut self, event: &Event) -> Result<(), Error> {
+        self.metrics.observe(event);
         for exporter in self.exporters.iter_mut() {
             if let Err(err) = exporter.export(event) {
                 closed_or_error(&mut self.closed, exporter.name(), err)?;

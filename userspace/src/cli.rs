@@ -54,6 +54,9 @@ pub struct RunArgs {
     /// Where to serve the local API (`nstrail ls` asks there).
     #[arg(long, default_value = nstrail::api::DEFAULT_SOCKET)]
     pub socket: std::path::PathBuf,
+    /// Serve Prometheus metrics here (default 127.0.0.1:9717, or [metrics] listen).
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -108,7 +111,15 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
             ring_buffer_bytes: args.ring_buffer_mib * 1024 * 1024,
             sysctl_policy: config.sysctl_policy,
         };
-        let agent = Agent::load(&options)?;
+        let agent = Agent::load_with_metrics(&options, config.metrics.clone())?;
+        let metrics_server = match args.metrics_listen.or(config.metrics_listen) {
+            Some(addr) => {
+                let listener = nstrail::metrics::bind(addr).await?;
+                log::info!("serving metrics at http://{addr}/metrics");
+                Some(tokio::spawn(nstrail::metrics::serve(listener, agent.metrics(), agent.inventory())))
+            }
+            None => None,
+        };
         // Buffered: the agent flushes after every batch it drains, not every line.
         let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
         let mut exporters: Vec<Box<dyn Exporter>> = match args.format {
@@ -121,6 +132,9 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         log::info!("{attached} of {} probes attached; streaming events (Ctrl-C to stop)", agent.probes().len());
         let summary = agent.run(&mut exporters, shutdown_signal()).await?;
         api.abort();
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
         let _ = std::fs::remove_file(&args.socket);
         log::info!(
             "stopped: {} events, {} lost in the kernel, {} undecodable",

@@ -16,12 +16,59 @@ pub const DEFAULT_PATH: &str = "/etc/nstrail/nstrail.toml";
 struct ConfigFile {
     #[serde(default)]
     sysctl_policy: policy::PolicySection,
+    #[serde(default)]
+    metrics: MetricsSection,
+}
+
+/// Default address of the metrics endpoint (loopback only).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9717";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_listen")]
+    listen: toml::Spanned<String>,
+    #[serde(default)]
+    netns_info: bool,
+    #[serde(default = "default_info_limit")]
+    netns_info_limit: usize,
+    #[serde(default)]
+    sysctl_labels: Option<Vec<String>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_listen() -> toml::Spanned<String> {
+    toml::Spanned::new(0..0, DEFAULT_METRICS_LISTEN.to_owned())
+}
+
+fn default_info_limit() -> usize {
+    1000
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self { enabled: true, listen: default_listen(), netns_info: false, netns_info_limit: 1000, sysctl_labels: None }
+    }
 }
 
 /// The validated configuration.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub sysctl_policy: SysctlPolicy,
+    /// Where to serve /metrics; `None` when disabled.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub metrics: crate::metrics::MetricsOptions,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::parse("").expect("the defaults are valid")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +102,20 @@ impl Config {
             let line = e.span().map(|s| format!("line {}: ", line_of(text, s.start))).unwrap_or_default();
             format!("{line}{}", e.message().trim_end())
         })?;
-        Ok(Self { sysctl_policy: SysctlPolicy::compile(&file.sysctl_policy, text)? })
+        let m = &file.metrics;
+        let metrics_listen = if m.enabled {
+            let addr = m.listen.get_ref();
+            Some(addr.parse().map_err(|_| {
+                format!("line {}: metrics listen {addr:?} is not an address:port such as {DEFAULT_METRICS_LISTEN}", line_of(text, m.listen.span().start))
+            })?)
+        } else {
+            None
+        };
+        let mut metrics = crate::metrics::MetricsOptions { netns_info: m.netns_info, netns_info_limit: m.netns_info_limit, ..Default::default() };
+        if let Some(labels) = &m.sysctl_labels {
+            metrics.sysctl_labels = labels.iter().cloned().collect();
+        }
+        Ok(Self { sysctl_policy: SysctlPolicy::compile(&file.sysctl_policy, text)?, metrics_listen, metrics })
     }
 }
 
@@ -75,6 +135,20 @@ mod tests {
         assert!(err.starts_with("line 4: unknown field `colour`"), "{err}");
         let err = Config::parse("[nope]\n").unwrap_err();
         assert!(err.starts_with("line 1: unknown field `nope`"), "{err}");
+    }
+
+    #[test]
+    fn metrics_defaults_and_overrides() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.metrics_listen, Some(DEFAULT_METRICS_LISTEN.parse().unwrap()));
+        assert!(!config.metrics.netns_info);
+        let config = Config::parse("[metrics]\nlisten = \"127.0.0.1:1\"\nnetns_info = true\nsysctl_labels = [\"net.core.somaxconn\"]\n").unwrap();
+        assert_eq!(config.metrics_listen, Some("127.0.0.1:1".parse().unwrap()));
+        assert!(config.metrics.netns_info);
+        assert_eq!(config.metrics.sysctl_labels.len(), 1);
+        assert_eq!(Config::parse("[metrics]\nenabled = false\n").unwrap().metrics_listen, None);
+        let err = Config::parse("[metrics]\n\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(err.starts_with("line 3: metrics listen \"localhost\" is not an address:port"), "{err}");
     }
 
     #[test]

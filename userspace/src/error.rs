@@ -30,6 +30,8 @@ pub enum Error {
     Config(#[from] crate::config::ConfigError),
     #[error("the sysctl policy has netns = \"host\"/\"other\" rules but the host namespace's id cannot be read: {0}")]
     HostNetns(std::io::Error),
+    #[error("cannot serve metrics on {addr}: {source}; choose another address with --metrics-listen or [metrics] listen")]
+    MetricsBind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -17,6 +17,7 @@ pub mod export;
 pub mod inventory;
 pub mod kernel_layout;
 pub mod loader;
+pub mod metrics;
 pub mod netns_state;
 pub mod policy;
 pub mod preflight;

@@ -18,8 +18,10 @@ fn is_root() -> bool {
 #[test]
 fn run_streams_the_json_contract_and_exits_cleanly_on_sigterm() {
     assert!(is_root(), "run the tests as root (cargo xtask test)");
+    let socket = std::env::temp_dir().join(format!("nstrail-run-{}.sock", std::process::id()));
     let mut agent = Command::new(NSTRAIL)
-        .args(["run"])
+        .args(["run", "--metrics-listen", "127.0.0.1:0", "--socket"])
+        .arg(&socket)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -132,10 +134,16 @@ struct RunningAgent {
 
 impl RunningAgent {
     fn start(socket: &std::path::Path) -> Self {
+        // Port 0: parallel tests never fight over the default metrics port.
+        Self::start_with(socket, &["--metrics-listen", "127.0.0.1:0"])
+    }
+
+    fn start_with(socket: &std::path::Path, extra: &[&str]) -> Self {
         let mut child = Command::new(NSTRAIL)
             .arg("run")
             .arg("--socket")
             .arg(socket)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -268,4 +276,93 @@ fn ls_offline_scans_proc() {
     let inode: u64 = own.trim_start_matches("net:[").trim_end_matches(']').parse().expect("inode");
     let records = value["namespaces"].as_array().expect("namespaces");
     assert!(records.iter().any(|r| r["inode"] == inode && r["processes"].as_u64() > Some(0)));
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    body.to_owned()
+}
+
+/// Value of one series (`name{labels}` exactly as exposed), 0 when absent.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().expect("number"))
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_count_known_actions_and_pass_promtool() {
+    assert!(is_root(), "run the tests as root (cargo xtask test)");
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("nstrail-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("nstrail.toml");
+    std::fs::write(&config, "[metrics]\nnetns_info = true\n").expect("config");
+    let socket = dir.join("api.sock");
+    let listen = format!("127.0.0.1:{port}");
+    let agent = RunningAgent::start_with(&socket, &["--metrics-listen", &listen, "--config", config.to_str().unwrap()]);
+
+    let before = scrape(port);
+    assert_eq!(value(&before, "nstrail_probes{state=\"failed\"}"), 0.0);
+    assert!(value(&before, "nstrail_probes{state=\"attached\"}") >= 13.0);
+    assert_eq!(value(&before, "nstrail_events_lost_total{type=\"netns_create\"}"), 0.0);
+    assert_eq!(value(&before, "nstrail_build_info{version=\"0.1.0\"}"), 1.0);
+
+    let ns = Netns::add("metrics");
+    for _ in 0..3 {
+        assert!(Command::new("unshare").args(["-n", "true"]).status().expect("unshare").success());
+    }
+    let sysctl = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        .status()
+        .expect("sysctl");
+    assert!(sysctl.success());
+    // Let the agent see the namespace's name (mount table) and the events.
+    std::thread::sleep(Duration::from_millis(800));
+    let after = scrape(port);
+    let grew = |series: &str| value(&after, series) - value(&before, series);
+    // Other tests run in parallel: at least what this test did.
+    assert!(grew("nstrail_netns_created_total{via=\"unshare\"}") >= 4.0, "{after}");
+    assert!(grew("nstrail_sysctl_writes_total{result=\"applied\",sysctl=\"net.ipv4.ip_forward\"}") >= 1.0);
+    assert!(grew("nstrail_events_total{type=\"netns_destroy\"}") >= 3.0);
+    assert!(value(&after, "nstrail_netns_live") >= 2.0, "host and the named namespace");
+    assert!(
+        after.lines().any(|l| l.starts_with("nstrail_netns_info{") && l.contains(&format!("name=\"{}\"", ns.0))),
+        "opt-in info series names the namespace:\n{after}"
+    );
+
+    let checked = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(after.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("run promtool");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    drop(ns);
+    agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }

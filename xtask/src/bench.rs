@@ -76,7 +76,7 @@ impl RunningAgent {
     fn start(nstrail: &Path) -> Result<Self> {
         let socket = std::env::temp_dir().join(format!("nstrail-bench-{}.sock", std::process::id()));
         let mut child = Command::new(nstrail)
-            .args(["run", "--socket"])
+            .args(["run", "--metrics-listen", "127.0.0.1:0", "--socket"])
             .arg(&socket)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

@@ -23,6 +23,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("runc", "runc"),
     ("busybox", "busybox-static"),
+    ("promtool", "prometheus"),
 ];
 
 /// What later steps need from setup.
@@ -185,7 +186,7 @@ fn ensure_test_tools() -> Result<()> {
     missing.sort();
     missing.dedup();
     if missing.is_empty() {
-        eprintln!("setup: test tools (iproute2, util-linux, procps, runc, busybox-static): present");
+        eprintln!("setup: test tools (iproute2, util-linux, procps, runc, busybox-static, prometheus): present");
         return Ok(());
     }
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));

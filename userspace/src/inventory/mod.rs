@@ -197,6 +197,31 @@ impl Inventory {
         }
     }
 
+    /// Namespaces alive now, as far as the agent knows.
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// (inode, id, name, first container) of up to `limit` live namespaces,
+    /// for the opt-in info series.
+    pub fn info_labels(&self, limit: usize) -> Vec<(String, String, String, String)> {
+        let mut ids: Vec<_> = self.live.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .take(limit)
+            .map(|id| {
+                let tracked = &self.live[&id];
+                let labels = self.labels.get(&id);
+                let name = labels.and_then(|l| l.names.first()).or(tracked.last_names.first()).cloned().unwrap_or_default();
+                let container = labels
+                    .and_then(|l| l.containers.first())
+                    .map(|c| format!("{}:{}", c.runtime, c.id))
+                    .unwrap_or_default();
+                (tracked.inode.to_string(), id.to_string(), name, container)
+            })
+            .collect()
+    }
+
     /// The sysctls written in a namespace since the agent started.
     pub fn sysctl_overrides(&self, id: u64) -> Option<&BTreeMap<String, String>> {
         self.live.get(&id).map(|t| &t.overrides)
