@@ -22,6 +22,15 @@ pub enum Command {
     Run(RunArgs),
     /// List live network namespaces: from the running agent, or --offline from /proc.
     Ls(LsArgs),
+    /// Check audit log files (oldest first) and name the first deleted, altered or reordered record.
+    Verify(VerifyArgs),
+}
+
+#[derive(Parser, Debug)]
+pub struct VerifyArgs {
+    /// Log files, oldest first: events.jsonl.2 events.jsonl.1 events.jsonl
+    #[arg(required = true)]
+    pub files: Vec<std::path::PathBuf>,
 }
 
 #[derive(Parser, Debug)]
@@ -57,6 +66,12 @@ pub struct RunArgs {
     /// Serve Prometheus metrics here (default 127.0.0.1:9717, or [metrics] listen).
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Write the audit log here (default /var/log/nstrail/events.jsonl, or [audit_log] path).
+    #[arg(long, conflicts_with = "no_audit_log")]
+    pub audit_log: Option<std::path::PathBuf>,
+    /// Write no audit log.
+    #[arg(long)]
+    pub no_audit_log: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -77,6 +92,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run_agent(args),
         Command::Ls(args) => list(args),
+        Command::Verify(args) => verify(args),
+    }
+}
+
+fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    match nstrail::audit::verify(&args.files)? {
+        nstrail::audit::Verdict::Intact { records, segments, gaps } => {
+            println!("OK: {records} records in {} files, {segments} segments, {gaps} gaps", args.files.len());
+            Ok(())
+        }
+        nstrail::audit::Verdict::Broken { file, line, problem } => {
+            anyhow::bail!("{}:{line}: {problem}", file.display())
+        }
     }
 }
 
@@ -115,17 +143,29 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         let metrics_server = match args.metrics_listen.or(config.metrics_listen) {
             Some(addr) => {
                 let listener = nstrail::metrics::bind(addr).await?;
-                log::info!("serving metrics at http://{addr}/metrics");
+                log::info!("serving metrics at http://{}/metrics", listener.local_addr().unwrap_or(addr));
                 Some(tokio::spawn(nstrail::metrics::serve(listener, agent.metrics(), agent.inventory())))
             }
             None => None,
         };
         // Buffered: the agent flushes after every batch it drains, not every line.
         let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-        let mut exporters: Vec<Box<dyn Exporter>> = match args.format {
-            Format::Json => vec![Box::new(JsonLinesExporter::new(stdout))],
-            Format::Text => vec![Box::new(TextExporter::new(stdout))],
-        };
+        let mut exporters: Vec<Box<dyn Exporter>> = Vec::new();
+        let audit = if args.no_audit_log { None } else { config.audit_log.clone() };
+        if let Some(mut audit) = audit {
+            if let Some(path) = &args.audit_log {
+                audit.path = path.clone();
+            }
+            let path = audit.path.clone();
+            let log = nstrail::audit::AuditLog::open(audit, Some(agent.metrics()))
+                .with_context(|| format!("cannot open the audit log {}; choose another with --audit-log or [audit_log] path", path.display()))?;
+            log::info!("audit log: {}", path.display());
+            exporters.push(Box::new(log));
+        }
+        match args.format {
+            Format::Json => exporters.push(Box::new(JsonLinesExporter::new(stdout))),
+            Format::Text => exporters.push(Box::new(TextExporter::new(stdout))),
+        }
         let listener = nstrail::api::bind(&args.socket).await?;
         let api = tokio::spawn(nstrail::api::serve(listener, agent.inventory()));
         let attached = agent.probes().iter().filter(|p| p.attached).count();

@@ -18,6 +18,45 @@ struct ConfigFile {
     sysctl_policy: policy::PolicySection,
     #[serde(default)]
     metrics: MetricsSection,
+    #[serde(default)]
+    audit_log: AuditSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditSection {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_audit_path")]
+    path: PathBuf,
+    #[serde(default = "default_max_bytes")]
+    max_bytes: toml::Spanned<u64>,
+    #[serde(default = "default_keep")]
+    keep: u32,
+    #[serde(default = "default_fsync")]
+    fsync: crate::audit::Fsync,
+}
+
+fn default_audit_path() -> PathBuf {
+    PathBuf::from(crate::audit::DEFAULT_PATH)
+}
+
+fn default_max_bytes() -> toml::Spanned<u64> {
+    toml::Spanned::new(0..0, 64 * 1024 * 1024)
+}
+
+fn default_keep() -> u32 {
+    5
+}
+
+fn default_fsync() -> crate::audit::Fsync {
+    crate::audit::Fsync::Interval
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self { enabled: true, path: default_audit_path(), max_bytes: default_max_bytes(), keep: 5, fsync: default_fsync() }
+    }
 }
 
 /// Default address of the metrics endpoint (loopback only).
@@ -63,6 +102,8 @@ pub struct Config {
     /// Where to serve /metrics; `None` when disabled.
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub metrics: crate::metrics::MetricsOptions,
+    /// The audit log; `None` when disabled.
+    pub audit_log: Option<crate::audit::AuditOptions>,
 }
 
 impl Default for Config {
@@ -115,7 +156,18 @@ impl Config {
         if let Some(labels) = &m.sysctl_labels {
             metrics.sysctl_labels = labels.iter().cloned().collect();
         }
-        Ok(Self { sysctl_policy: SysctlPolicy::compile(&file.sysctl_policy, text)?, metrics_listen, metrics })
+        let a = &file.audit_log;
+        if *a.max_bytes.get_ref() < 4096 {
+            return Err(format!("line {}: audit_log max_bytes must be at least 4096", line_of(text, a.max_bytes.span().start)));
+        }
+        let audit_log = a.enabled.then(|| crate::audit::AuditOptions {
+            path: a.path.clone(),
+            max_bytes: *a.max_bytes.get_ref(),
+            keep: a.keep,
+            fsync: a.fsync,
+            ..Default::default()
+        });
+        Ok(Self { sysctl_policy: SysctlPolicy::compile(&file.sysctl_policy, text)?, metrics_listen, metrics, audit_log })
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod audit;
 pub mod btf;
 pub mod config;
 pub mod correlate;

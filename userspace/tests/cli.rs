@@ -20,7 +20,7 @@ fn run_streams_the_json_contract_and_exits_cleanly_on_sigterm() {
     assert!(is_root(), "run the tests as root (cargo xtask test)");
     let socket = std::env::temp_dir().join(format!("nstrail-run-{}.sock", std::process::id()));
     let mut agent = Command::new(NSTRAIL)
-        .args(["run", "--metrics-listen", "127.0.0.1:0", "--socket"])
+        .args(["run", "--no-audit-log", "--metrics-listen", "127.0.0.1:0", "--socket"])
         .arg(&socket)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -135,7 +135,7 @@ struct RunningAgent {
 impl RunningAgent {
     fn start(socket: &std::path::Path) -> Self {
         // Port 0: parallel tests never fight over the default metrics port.
-        Self::start_with(socket, &["--metrics-listen", "127.0.0.1:0"])
+        Self::start_with(socket, &["--metrics-listen", "127.0.0.1:0", "--no-audit-log"])
     }
 
     fn start_with(socket: &std::path::Path, extra: &[&str]) -> Self {
@@ -313,7 +313,8 @@ fn metrics_count_known_actions_and_pass_promtool() {
     std::fs::write(&config, "[metrics]\nnetns_info = true\n").expect("config");
     let socket = dir.join("api.sock");
     let listen = format!("127.0.0.1:{port}");
-    let agent = RunningAgent::start_with(&socket, &["--metrics-listen", &listen, "--config", config.to_str().unwrap()]);
+    let agent =
+        RunningAgent::start_with(&socket, &["--metrics-listen", &listen, "--config", config.to_str().unwrap(), "--no-audit-log"]);
 
     let before = scrape(port);
     assert_eq!(value(&before, "nstrail_probes{state=\"failed\"}"), 0.0);
@@ -364,5 +365,49 @@ fn metrics_count_known_actions_and_pass_promtool() {
     );
     drop(ns);
     agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_flushes_every_event_into_a_verifiable_audit_log() {
+    assert!(is_root(), "run the tests as root (cargo xtask test)");
+    let dir = std::env::temp_dir().join(format!("nstrail-auditcli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = dir.join("log/events.jsonl");
+    let socket = dir.join("api.sock");
+    let agent = RunningAgent::start_with(
+        &socket,
+        &["--metrics-listen", "127.0.0.1:0", "--audit-log", log.to_str().unwrap()],
+    );
+    let mut pids = Vec::new();
+    for _ in 0..20 {
+        let child = Command::new("unshare").args(["-n", "true"]).spawn().expect("unshare");
+        pids.push(child.id());
+        assert!(child.wait_with_output().expect("wait").status.success());
+    }
+    // Stop at once: whatever the agent printed must also be in the log.
+    let printed = agent.stop();
+    let logged: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .expect("audit log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let seqs = |records: &[serde_json::Value]| -> Vec<u64> { records.iter().filter_map(|r| r["seq"].as_u64()).collect() };
+    assert_eq!(seqs(&logged), seqs(&printed), "the log holds exactly what was streamed");
+    assert!(seqs(&logged).windows(2).all(|w| w[1] == w[0] + 1), "no seq gap");
+    let creates = logged.iter().filter(|r| r["type"] == "netns_create" && pids.contains(&(r["actor"]["pid"].as_u64().unwrap() as u32)));
+    assert_eq!(creates.count(), 20);
+
+    let out = Command::new(NSTRAIL).arg("verify").arg(&log).output().expect("verify");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: "));
+
+    // One altered byte: verify fails and names the line.
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, text.replacen("\"comm\":\"unshare\"", "\"comm\":\"unshard\"", 1)).unwrap();
+    let out = Command::new(NSTRAIL).arg("verify").arg(&log).output().expect("verify");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("was altered: its hash does not match its content"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -74,9 +74,14 @@ struct RunningAgent {
 
 impl RunningAgent {
     fn start(nstrail: &Path) -> Result<Self> {
-        let socket = std::env::temp_dir().join(format!("nstrail-bench-{}.sock", std::process::id()));
+        let scratch = std::env::temp_dir().join(format!("nstrail-bench-{}", std::process::id()));
+        let socket = scratch.join("api.sock");
+        // The audit log is on, as by default, but in a scratch folder.
+        let _ = std::fs::remove_dir_all(&scratch);
         let mut child = Command::new(nstrail)
-            .args(["run", "--metrics-listen", "127.0.0.1:0", "--socket"])
+            .args(["run", "--metrics-listen", "127.0.0.1:0", "--audit-log"])
+            .arg(scratch.join("events.jsonl"))
+            .arg("--socket")
             .arg(&socket)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
