@@ -1,9 +1,13 @@
 //! The agent's local API: a Unix socket (mode 0600) taking one JSON request
-//! per line and answering one JSON line. `nstrail ls` is its client.
+//! per line. `nstrail ls` and `nstrail tail` are its clients.
 //!
 //!   -> {"op":"inventory"}
 //!   <- {"ok":true,"namespaces":[...],"destroyed":[...]}
-//!   <- {"ok":false,"error":"..."}
+//!   -> {"op":"subscribe"}                 (or with "after_seq":N to replay first)
+//!   <- {"ok":true,"subscribed":true,"replayed":N,"replay_incomplete":false}
+//!   <- one event per line, and {"type":"client_dropped","count":N} when this
+//!      client read too slowly and N events were dropped for it
+//!   <- {"ok":false,"error":"..."}       for anything else
 
 use std::{
     os::unix::fs::PermissionsExt,
@@ -18,7 +22,11 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::inventory::{scan, Inventory, NetnsRecord};
+use crate::{
+    inventory::{scan, Inventory, NetnsRecord},
+    metrics::Metrics,
+    stream::EventHub,
+};
 
 pub const DEFAULT_SOCKET: &str = "/run/nstrail/nstrail.sock";
 /// Longest request line accepted.
@@ -30,6 +38,16 @@ const IDLE: Duration = Duration::from_secs(30);
 #[serde(deny_unknown_fields)]
 struct Request {
     op: String,
+    #[serde(default)]
+    after_seq: Option<u64>,
+}
+
+/// What the API serves.
+#[derive(Clone)]
+pub struct ApiContext {
+    pub inventory: Arc<Mutex<Inventory>>,
+    pub hub: Arc<EventHub>,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,11 +91,11 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ApiError> {
 }
 
 /// Answers clients until the task is dropped.
-pub async fn serve(listener: UnixListener, inventory: Arc<Mutex<Inventory>>) {
+pub async fn serve(listener: UnixListener, context: ApiContext) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(handle(stream, inventory.clone()));
+                tokio::spawn(handle(stream, context.clone()));
             }
             Err(err) => {
                 log::warn!("API accept failed: {err}");
@@ -87,7 +105,18 @@ pub async fn serve(listener: UnixListener, inventory: Arc<Mutex<Inventory>>) {
     }
 }
 
-async fn handle(stream: UnixStream, inventory: Arc<Mutex<Inventory>>) {
+/// Counts a connected client for as long as it lives.
+struct ClientGauge(Arc<Metrics>);
+
+impl Drop for ClientGauge {
+    fn drop(&mut self) {
+        self.0.api_clients.dec();
+    }
+}
+
+async fn handle(stream: UnixStream, context: ApiContext) {
+    context.metrics.api_clients.inc();
+    let _gauge = ClientGauge(context.metrics.clone());
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_REQUEST as u64 * 16)).split(b'\n');
     loop {
@@ -95,15 +124,73 @@ async fn handle(stream: UnixStream, inventory: Arc<Mutex<Inventory>>) {
             Ok(Ok(Some(line))) => line,
             _ => return,
         };
+        if line.len() <= MAX_REQUEST {
+            if let Ok(Request { op, after_seq }) = serde_json::from_slice::<Request>(&line) {
+                if op == "subscribe" {
+                    stream_events(&context.hub, after_seq, &mut lines, &mut write).await;
+                    return;
+                }
+            }
+        }
         let reply = if line.len() > MAX_REQUEST {
             error_reply(format!("request longer than {MAX_REQUEST} bytes"))
         } else {
-            answer(&line, &inventory).await
+            answer(&line, &context.inventory).await
         };
         let mut bytes = serde_json::to_vec(&reply).unwrap_or_default();
         bytes.push(b'\n');
         if write.write_all(&bytes).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Streams events to one client until it goes away.
+async fn stream_events<R: tokio::io::AsyncBufRead + Unpin>(
+    hub: &EventHub,
+    after_seq: Option<u64>,
+    lines: &mut tokio::io::Split<R>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) {
+    use std::sync::atomic::Ordering;
+    let mut subscription = hub.subscribe(after_seq);
+    let ack = serde_json::json!({
+        "ok": true,
+        "subscribed": true,
+        "replayed": subscription.replay.len(),
+        "replay_incomplete": subscription.replay_incomplete,
+    });
+    if write.write_all(format!("{ack}\n").as_bytes()).await.is_err() {
+        return;
+    }
+    for line in std::mem::take(&mut subscription.replay) {
+        if write.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+            return;
+        }
+    }
+    let mut told = 0;
+    loop {
+        tokio::select! {
+            next = subscription.live.recv() => {
+                let Some(line) = next else { return };
+                let dropped = subscription.dropped.load(Ordering::Relaxed);
+                let mut out = String::new();
+                if dropped > told {
+                    out.push_str(&format!("{{\"type\":\"client_dropped\",\"count\":{}}}\n", dropped - told));
+                    told = dropped;
+                }
+                out.push_str(&line);
+                out.push('\n');
+                if write.write_all(out.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            // Anything more from the client is ignored; its end ends the stream.
+            input = lines.next_segment() => {
+                if !matches!(input, Ok(Some(_))) {
+                    return;
+                }
+            }
         }
     }
 }
@@ -115,7 +202,7 @@ fn error_reply(error: String) -> InventoryReply {
 async fn answer(line: &[u8], inventory: &Arc<Mutex<Inventory>>) -> InventoryReply {
     let request: Request = match serde_json::from_slice(line) {
         Ok(r) => r,
-        Err(err) => return error_reply(format!("bad request ({err}); send {{\"op\":\"inventory\"}}")),
+        Err(err) => return error_reply(format!("bad request ({err}); send {{\"op\":\"inventory\"}} or {{\"op\":\"subscribe\"}}")),
     };
     match request.op.as_str() {
         "inventory" => {
@@ -134,11 +221,36 @@ async fn answer(line: &[u8], inventory: &Arc<Mutex<Inventory>>) -> InventoryRepl
                 error: None,
             }
         }
-        other => error_reply(format!("unknown op `{other}`; known: inventory")),
+        other => error_reply(format!("unknown op `{other}`; known: inventory, subscribe")),
     }
 }
 
 use tokio::io::AsyncReadExt as _;
+
+/// Subscribes to a running agent's event stream (blocking client for the CLI):
+/// returns the reader positioned after the acknowledgement.
+pub fn subscribe(path: &Path, after_seq: Option<u64>) -> Result<std::io::BufReader<std::os::unix::net::UnixStream>, ApiError> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|source| ApiError::NoAgent { path: path.to_path_buf(), source })?;
+    let bad = |message: String| ApiError::BadReply { path: path.to_path_buf(), message };
+    let request = match after_seq {
+        Some(seq) => format!("{{\"op\":\"subscribe\",\"after_seq\":{seq}}}\n"),
+        None => "{\"op\":\"subscribe\"}\n".to_owned(),
+    };
+    stream.write_all(request.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut ack = String::new();
+    reader.read_line(&mut ack).map_err(|e| bad(e.to_string()))?;
+    let ack: serde_json::Value = serde_json::from_str(&ack).map_err(|e| bad(e.to_string()))?;
+    if ack["ok"] != true {
+        return Err(bad(ack["error"].as_str().unwrap_or("subscription refused").to_owned()));
+    }
+    if ack["replay_incomplete"] == true {
+        log::warn!("the agent no longer holds every event after the audit log's last one: the output may have a gap");
+    }
+    Ok(reader)
+}
 
 /// Asks a running agent for its inventory (blocking client for the CLI).
 pub fn fetch_inventory(path: &Path) -> Result<InventoryReply, ApiError> {

@@ -24,6 +24,39 @@ pub enum Command {
     Ls(LsArgs),
     /// Check audit log files (oldest first) and name the first deleted, altered or reordered record.
     Verify(VerifyArgs),
+    /// Follow events from the running agent (with --since, from the audit log first).
+    Tail(TailArgs),
+}
+
+#[derive(Parser, Debug)]
+pub struct TailArgs {
+    /// Only these event types (repeat or separate with commas).
+    #[arg(long = "type", value_delimiter = ',')]
+    pub types: Vec<String>,
+    /// Only events about this namespace: inode, id or name.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Only events in this container's namespace: id prefix or runtime:id.
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Only events by a thread of this name.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only events by this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Start this far back (10m, 2h, 1d) or at this time (RFC 3339 UTC), from the audit log.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// JSON lines instead of readable text.
+    #[arg(long)]
+    pub json: bool,
+    /// The agent's socket.
+    #[arg(long, default_value = nstrail::api::DEFAULT_SOCKET)]
+    pub socket: std::path::PathBuf,
+    /// The audit log `--since` reads.
+    #[arg(long, default_value = nstrail::audit::DEFAULT_PATH)]
+    pub audit_log: std::path::PathBuf,
 }
 
 #[derive(Parser, Debug)]
@@ -93,6 +126,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run_agent(args),
         Command::Ls(args) => list(args),
         Command::Verify(args) => verify(args),
+        Command::Tail(args) => crate::tail::run(crate::tail::TailOptions {
+            filter: nstrail::filter::Filter {
+                types: args.types,
+                netns: args.netns,
+                container: args.container,
+                comm: args.comm,
+                pid: args.pid,
+            },
+            since: args.since,
+            json: args.json,
+            socket: args.socket,
+            audit_log: args.audit_log,
+        }),
     }
 }
 
@@ -150,6 +196,7 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         };
         // Buffered: the agent flushes after every batch it drains, not every line.
         let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+        let hub = nstrail::stream::EventHub::new(config.api_client_buffer, Some(agent.metrics()));
         let mut exporters: Vec<Box<dyn Exporter>> = Vec::new();
         let audit = if args.no_audit_log { None } else { config.audit_log.clone() };
         if let Some(mut audit) = audit {
@@ -162,12 +209,16 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
             log::info!("audit log: {}", path.display());
             exporters.push(Box::new(log));
         }
+        // After the audit log, so a client joining from the log finds the
+        // rest in the stream.
+        exporters.push(Box::new(nstrail::stream::HubExporter(hub.clone())));
         match args.format {
             Format::Json => exporters.push(Box::new(JsonLinesExporter::new(stdout))),
             Format::Text => exporters.push(Box::new(TextExporter::new(stdout))),
         }
         let listener = nstrail::api::bind(&args.socket).await?;
-        let api = tokio::spawn(nstrail::api::serve(listener, agent.inventory()));
+        let context = nstrail::api::ApiContext { inventory: agent.inventory(), hub: hub.clone(), metrics: agent.metrics() };
+        let api = tokio::spawn(nstrail::api::serve(listener, context));
         let attached = agent.probes().iter().filter(|p| p.attached).count();
         log::info!("{attached} of {} probes attached; streaming events (Ctrl-C to stop)", agent.probes().len());
         let summary = agent.run(&mut exporters, shutdown_signal()).await?;

@@ -20,6 +20,26 @@ struct ConfigFile {
     metrics: MetricsSection,
     #[serde(default)]
     audit_log: AuditSection,
+    #[serde(default)]
+    api: ApiSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiSection {
+    /// Events queued per stream client before its events are dropped.
+    #[serde(default = "default_client_buffer")]
+    client_buffer: toml::Spanned<usize>,
+}
+
+fn default_client_buffer() -> toml::Spanned<usize> {
+    toml::Spanned::new(0..0, 4096)
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self { client_buffer: default_client_buffer() }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +124,8 @@ pub struct Config {
     pub metrics: crate::metrics::MetricsOptions,
     /// The audit log; `None` when disabled.
     pub audit_log: Option<crate::audit::AuditOptions>,
+    /// Events queued per API stream client.
+    pub api_client_buffer: usize,
 }
 
 impl Default for Config {
@@ -167,7 +189,17 @@ impl Config {
             fsync: a.fsync,
             ..Default::default()
         });
-        Ok(Self { sysctl_policy: SysctlPolicy::compile(&file.sysctl_policy, text)?, metrics_listen, metrics, audit_log })
+        let api_client_buffer = *file.api.client_buffer.get_ref();
+        if api_client_buffer == 0 || api_client_buffer > 1_000_000 {
+            return Err(format!("line {}: api client_buffer must be from 1 to 1000000", line_of(text, file.api.client_buffer.span().start)));
+        }
+        Ok(Self {
+            sysctl_policy: SysctlPolicy::compile(&file.sysctl_policy, text)?,
+            metrics_listen,
+            metrics,
+            audit_log,
+            api_client_buffer,
+        })
     }
 }
 

@@ -15,6 +15,7 @@ pub mod decode;
 mod error;
 pub mod event;
 pub mod export;
+pub mod filter;
 pub mod inventory;
 pub mod kernel_layout;
 pub mod loader;
@@ -24,6 +25,7 @@ pub mod policy;
 pub mod preflight;
 pub mod reader;
 pub mod sensors;
+pub mod stream;
 pub mod sysctl_text;
 
 pub use error::Error;

@@ -1,6 +1,7 @@
 //! The `nstrail` binary: argument parsing and error reporting around the library.
 
 mod cli;
+mod tail;
 
 use std::process::ExitCode;
 

@@ -3,7 +3,7 @@
 
 mod channel;
 mod json_lines;
-mod text;
+pub mod text;
 
 pub use channel::ChannelExporter;
 pub use json_lines::JsonLinesExporter;
