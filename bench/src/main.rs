@@ -159,10 +159,31 @@ fn hold_namespaces(n: u64) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `n` sysctl writes in a private namespace at `rate` per second, evenly paced.
+fn paced_sysctl_writes(n: u64, rate: u64) -> ExitCode {
+    into_private_netns();
+    let start = Instant::now();
+    let interval = std::time::Duration::from_nanos(1_000_000_000 / rate.max(1));
+    for i in 0..n {
+        let due = start + interval * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        sysctl_write(1);
+    }
+    println!("ops={n} elapsed_ns={}", start.elapsed().as_nanos());
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let (Some("hold-namespaces"), Some(Ok(n))) = (args.first().map(String::as_str), args.get(1).map(|s| s.parse())) {
         return hold_namespaces(n);
+    }
+    if let (Some("paced-sysctl-writes"), Some(Ok(n)), Some(Ok(rate))) =
+        (args.first().map(String::as_str), args.get(1).map(|s| s.parse()), args.get(2).map(|s| s.parse()))
+    {
+        return paced_sysctl_writes(n, rate);
     }
     let (Some(case), Some(Ok(n))) = (args.first(), args.get(1).map(|s| s.parse::<u64>())) else {
         eprintln!("usage: nstrail-bench fork-exit|fork-exec|netns-churn|sysctl-read|sysctl-write|udp-sendmsg ITERATIONS");

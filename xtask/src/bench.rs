@@ -74,15 +74,20 @@ struct RunningAgent {
 
 impl RunningAgent {
     fn start(nstrail: &Path) -> Result<Self> {
+        Self::start_with(nstrail, &["--metrics-listen", "127.0.0.1:0"])
+    }
+
+    fn start_with(nstrail: &Path, extra: &[&str]) -> Result<Self> {
         let scratch = std::env::temp_dir().join(format!("nstrail-bench-{}", std::process::id()));
         let socket = scratch.join("api.sock");
         // The audit log is on, as by default, but in a scratch folder.
         let _ = std::fs::remove_dir_all(&scratch);
         let mut child = Command::new(nstrail)
-            .args(["run", "--metrics-listen", "127.0.0.1:0", "--audit-log"])
+            .args(["run", "--audit-log"])
             .arg(scratch.join("events.jsonl"))
             .arg("--socket")
             .arg(&socket)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -151,10 +156,125 @@ fn machine() -> String {
     format!("{cores} x {model}, Linux {}", kernel.trim())
 }
 
+/// Unix ns of an event timestamp (`2026-11-28T00:35:04.123456789Z`).
+fn ts_unix_ns(ts: &str) -> Option<i128> {
+    let b = ts.as_bytes();
+    if b.len() != 30 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| ts.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss, ns) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..29)?);
+    // Days from the civil date (proleptic Gregorian).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(((days * 86400 + hh * 3600 + mm * 60 + ss) as i128) * 1_000_000_000 + ns as i128)
+}
+
+fn now_unix_ns() -> i128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as i128
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Time of one GET /metrics, and the number of nstrail_netns_info series.
+fn scrape(port: u16) -> Result<(f64, usize)> {
+    use std::io::{Read, Write};
+    let start = std::time::Instant::now();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    Ok((ms, body.lines().filter(|l| l.starts_with("nstrail_netns_info{")).count()))
+}
+
+/// Kernel-to-`nstrail tail` latency at a steady event rate, and the highest
+/// rate sustained without loss.
+fn latency_and_rate(nstrail: &Path, bench: &Path) -> Result<String> {
+    eprintln!("bench: kernel-to-tail latency at 1,000 events/s, and sysctl writes at full speed");
+    let agent = RunningAgent::start(nstrail)?;
+    let socket = agent.socket.display().to_string();
+    let mut tail = Command::new(nstrail)
+        .args(["tail", "--json", "--type", "sysctl_write", "--socket", &socket])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nstrail tail")?;
+    let lines = BufReader::new(tail.stdout.take().expect("stdout")).lines();
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = latencies.clone();
+    let reader = std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let now = now_unix_ns();
+            if let Some(ts) = line.split("\"ts\":\"").nth(1).and_then(|r| r.get(..30)).and_then(ts_unix_ns) {
+                sink.lock().expect("lock").push((now - ts) as f64 / 1000.0);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new(bench).args(["paced-sysctl-writes", "5000", "1000"]).output()?;
+    if !out.status.success() {
+        bail!("paced writes failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut samples = latencies.lock().expect("lock").clone();
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| samples.get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    let (p50, p99, seen) = (pct(0.50), pct(0.99), samples.len());
+
+    // Rising steady rates, 2 s each: the highest one delivered with no loss.
+    let mut sustained = 0;
+    for rate in [5_000u64, 10_000, 20_000, 40_000, 80_000] {
+        let lost_before = agent.lost.load(Ordering::Relaxed);
+        let out = Command::new(bench).args(["paced-sysctl-writes", &(rate * 2).to_string(), &rate.to_string()]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let elapsed_ns: f64 = text.split("elapsed_ns=").nth(1).and_then(|v| v.trim().parse().ok()).unwrap_or(f64::MAX);
+        std::thread::sleep(Duration::from_millis(1200));
+        let kept_pace = elapsed_ns < 2.2e9;
+        if agent.lost.load(Ordering::Relaxed) == lost_before && kept_pace {
+            sustained = rate;
+        } else {
+            break;
+        }
+    }
+
+    // Full speed: as many writes as the machine makes, each one event.
+    let events_before = agent.events.load(Ordering::Relaxed);
+    let lost_before = agent.lost.load(Ordering::Relaxed);
+    let start = std::time::Instant::now();
+    let out = Command::new(bench).args(["sysctl-write", "100000"]).output()?;
+    if !out.status.success() {
+        bail!("sysctl writes failed");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(1500));
+    let delivered = agent.events.load(Ordering::Relaxed) - events_before;
+    let lost = agent.lost.load(Ordering::Relaxed) - lost_before;
+    let rss = agent.rss_kib();
+    // SAFETY: signalling our own child.
+    unsafe { kill(tail.id() as i32, 2) };
+    let _ = tail.wait();
+    let _ = reader.join();
+    agent.stop()?;
+    Ok(format!(
+        "| kernel-to-tail latency at 1,000 events/s ({seen} of 5000 seen) | p50 {p50:.0} us, p99 {p99:.0} us |\n| highest steady rate with zero loss (sysctl_write events, 2 s steps) | {sustained} events/s |\n| sysctl writes at full speed: 100,000 in {elapsed:.1} s | {:.0} events/s delivered, {lost} lost |\n| agent RSS after that | {:.1} MiB |\n",
+        delivered as f64 / elapsed,
+        rss as f64 / 1024.0
+    ))
+}
+
 /// `nstrail ls` against an agent, and offline, with `count` extra live
-/// namespaces; and the agent's resident memory then.
+/// namespaces; /metrics with the per-namespace info series on; and the
+/// agent's resident memory then.
 fn inventory_at_scale(nstrail: &Path, bench: &Path, count: u64, rounds: usize) -> Result<String> {
-    eprintln!("bench: nstrail ls with {count} extra live namespaces ({rounds} rounds)");
+    eprintln!("bench: nstrail ls and /metrics with {count} extra live namespaces ({rounds} rounds)");
     let mut holder = Command::new(bench)
         .args(["hold-namespaces", &count.to_string()])
         .stdin(Stdio::piped())
@@ -166,7 +286,13 @@ fn inventory_at_scale(nstrail: &Path, bench: &Path, count: u64, rounds: usize) -
     if !first.starts_with("held=") {
         bail!("the namespace holder failed: {first}");
     }
-    let agent = RunningAgent::start(nstrail)?;
+    let port = free_port()?;
+    let config = std::env::temp_dir().join(format!("nstrail-bench-{}.toml", std::process::id()));
+    std::fs::write(&config, format!("[metrics]\nnetns_info = true\nnetns_info_limit = {}\n", count + 100))?;
+    let agent = RunningAgent::start_with(
+        nstrail,
+        &["--metrics-listen", &format!("127.0.0.1:{port}"), "--config", config.to_str().unwrap_or_default()],
+    )?;
     let time_ls = |args: &[&str]| -> Result<(f64, usize)> {
         let start = std::time::Instant::now();
         let out = Command::new(nstrail).args(args).output()?;
@@ -177,25 +303,40 @@ fn inventory_at_scale(nstrail: &Path, bench: &Path, count: u64, rounds: usize) -
         Ok((elapsed, String::from_utf8_lossy(&out.stdout).matches("\"inode\"").count()))
     };
     let socket = agent.socket.display().to_string();
-    let (mut via_agent, mut offline, mut listed) = (Vec::new(), Vec::new(), 0);
+    let (mut via_agent, mut offline, mut scrapes, mut listed, mut series) = (Vec::new(), Vec::new(), Vec::new(), 0, 0);
     for _ in 0..rounds {
         let (ms, n) = time_ls(&["ls", "--json", "--socket", &socket])?;
         via_agent.push(ms);
         listed = n;
-        offline.push(time_ls(&["ls", "--json", "--offline"])?.0);
+        if count <= 1000 {
+            offline.push(time_ls(&["ls", "--json", "--offline"])?.0);
+        }
+        let (ms, n) = scrape(port)?;
+        scrapes.push(ms);
+        series = n;
     }
+    let _ = std::fs::remove_file(&config);
     let rss = agent.rss_kib();
     agent.stop()?;
     drop(holder.stdin.take());
     let _ = holder.wait();
+    let range = |v: &[f64]| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            format!(
+                "{:.0} ms median ({:.0}-{:.0})",
+                median(v),
+                v.iter().cloned().fold(f64::MAX, f64::min),
+                v.iter().cloned().fold(f64::MIN, f64::max)
+            )
+        }
+    };
     Ok(format!(
-        "| nstrail ls (agent), {listed} namespaces listed | {:.0} ms median ({:.0}-{:.0}) |\n| nstrail ls --offline | {:.0} ms median ({:.0}-{:.0}) |\n| agent RSS after the listings | {:.1} MiB |\n",
-        median(&via_agent),
-        via_agent.iter().cloned().fold(f64::MAX, f64::min),
-        via_agent.iter().cloned().fold(f64::MIN, f64::max),
-        median(&offline),
-        offline.iter().cloned().fold(f64::MAX, f64::min),
-        offline.iter().cloned().fold(f64::MIN, f64::max),
+        "| {count} extra namespaces: nstrail ls (agent), {listed} listed | {} |\n| {count} extra namespaces: nstrail ls --offline | {} |\n| {count} extra namespaces: GET /metrics with {series} info series | {} |\n| {count} extra namespaces: agent RSS | {:.1} MiB |\n",
+        range(&via_agent),
+        range(&offline),
+        range(&scrapes),
         rss as f64 / 1024.0
     ))
 }
@@ -206,11 +347,14 @@ pub fn run(root: &Path, rounds: usize, only: Option<&str>) -> Result<()> {
     // SAFETY: sysconf has no preconditions; 2 = _SC_CLK_TCK.
     let ticks_per_s = unsafe { sysconf(2) }.max(1) as f64;
     let mut results = Vec::new();
-    let inventory = if only.is_none_or(|o| o == "inventory") {
-        Some(inventory_at_scale(&nstrail, &bench, 1000, rounds)?)
-    } else {
-        None
-    };
+    let mut extra = String::new();
+    if only.is_none_or(|o| o == "inventory") {
+        extra.push_str(&inventory_at_scale(&nstrail, &bench, 1000, rounds)?);
+        extra.push_str(&inventory_at_scale(&nstrail, &bench, 10000, 3)?);
+    }
+    if only.is_none_or(|o| o == "latency") {
+        extra.push_str(&latency_and_rate(&nstrail, &bench)?);
+    }
     for &(case, iterations, about) in CASES.iter().filter(|(c, _, _)| only.is_none_or(|o| o == *c)) {
         eprintln!("bench: {case} ({iterations} ops x {rounds} rounds, agent off and on alternating)");
         // Warm-up, not measured.
@@ -263,9 +407,9 @@ pub fn run(root: &Path, rounds: usize, only: Option<&str>) -> Result<()> {
             s.events, s.lost, s.agent_cpu_ms
         ));
     }
-    if let Some(inventory) = &inventory {
-        table.push_str("\n| inventory at 1,000 extra namespaces | figure |\n|---|---|\n");
-        table.push_str(inventory);
+    if !extra.is_empty() {
+        table.push_str("\n| measurement | figure |\n|---|---|\n");
+        table.push_str(&extra);
     }
     println!("{table}");
     let dir = root.join("target/bench");
