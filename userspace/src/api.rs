@@ -98,6 +98,7 @@ pub async fn serve(listener: UnixListener, context: ApiContext) {
                 tokio::spawn(handle(stream, context.clone()));
             }
             Err(err) => {
+                // Out of descriptors (thousands of clients): wait for some to go.
                 log::warn!("API accept failed: {err}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -175,6 +175,7 @@ fn list(args: LsArgs) -> anyhow::Result<()> {
 }
 
 fn run_agent(args: RunArgs) -> anyhow::Result<()> {
+    nstrail::preflight::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -47,6 +47,19 @@ fn ensure_tracefs(mounts: &str) -> Result<(), Error> {
     }
 }
 
+/// Raises the open-file soft limit to the hard limit: every API client and
+/// every namespace looked at costs a descriptor.
+pub fn raise_fd_limit() {
+    // SAFETY: plain get/setrlimit on a local struct.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// `uname -r` of the running kernel.
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
