@@ -110,10 +110,39 @@ fn require_root(why: &str) -> Result<()> {
 }
 
 fn test(env: &setup::BuildEnv, extra: &[String]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
     require_root("the tests load eBPF programs and make network namespaces")?;
     let mut cmd = cargo(env);
-    cmd.args(["test", "--workspace", "--exclude", "nstrail-probes", "--no-fail-fast"]).args(extra);
-    checked(cmd, "cargo test")
+    cmd.args(["test", "--workspace", "--exclude", "nstrail-probes", "--all-targets", "--no-fail-fast"]).args(extra);
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().context("starting cargo test")?;
+    // Pass the output through, adding up every runner's closing line.
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("stdout")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                result
+                    .split(';')
+                    .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+            ignored += count(" ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("nstrail: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    if passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
 }
 
 unsafe extern "C" {
