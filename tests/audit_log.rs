@@ -36,6 +36,12 @@ fn event(seq: u64) -> Event {
     Event { ts: "2026-11-28T00:00:00.000000000Z".into(), seq, body: EventBody::Lost { count: seq, event_type: "netns_create".into() } }
 }
 
+/// Hands one event to the log the way the agent does (serialised once).
+fn export(log: &mut AuditLog, seq: u64) {
+    let event = event(seq);
+    log.export(&event, &serde_json::to_string(&event).unwrap()).expect("export");
+}
+
 fn options(path: &Path) -> AuditOptions {
     AuditOptions { path: path.to_path_buf(), fsync: Fsync::Never, ..Default::default() }
 }
@@ -43,7 +49,7 @@ fn options(path: &Path) -> AuditOptions {
 fn write_log(opts: AuditOptions, seqs: std::ops::RangeInclusive<u64>) {
     let mut log = AuditLog::open(opts, None).expect("open log");
     for seq in seqs {
-        log.export(&event(seq)).expect("export");
+        export(&mut log, seq);
     }
     log.flush().expect("flush");
 }
@@ -185,7 +191,7 @@ fn a_full_disk_is_counted_and_writing_resumes_when_space_returns() {
     let mut log = AuditLog::open(options(&path), Some(metrics.clone())).expect("open");
     let filler = fill(&disk.0);
     for seq in 1..=200 {
-        log.export(&event(seq)).unwrap();
+        export(&mut log, seq);
     }
     log.flush().expect("a full disk is not fatal");
     assert!(metrics.log_write_errors.get() > 0, "write errors are counted");
@@ -199,7 +205,7 @@ fn a_full_disk_is_counted_and_writing_resumes_when_space_returns() {
     let mut log = AuditLog::open(AuditOptions { backlog_limit: 10, ..options(&path) }, None).expect("open");
     let filler = fill(&disk.0);
     for seq in 1..=50 {
-        log.export(&event(seq)).unwrap();
+        export(&mut log, seq);
         log.flush().unwrap();
     }
     std::fs::remove_file(filler).unwrap();

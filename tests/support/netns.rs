@@ -1,5 +1,5 @@
 use std::{
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -11,20 +11,13 @@ pub struct NetnsIdentity {
     pub id: u64,
 }
 
-/// `NS_GET_ID`: _IOR(0xb7, 0xd, __u64) on an nsfs fd (Linux 6.18+): the
-/// namespace's 64-bit id, equal to its netns cookie.
-const NS_GET_ID: libc::c_ulong = 0x8008_b70d;
-
 impl NetnsIdentity {
     /// Of an nsfs path: /proc/PID/ns/net, /proc/PID/task/TID/ns/net, /run/netns/NAME.
     pub fn of_path(path: impl AsRef<Path>) -> Self {
         let path = path.as_ref();
         let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         let inode = file.metadata().expect("stat nsfs file").ino() as u32;
-        let mut id: u64 = 0;
-        // SAFETY: valid fd, out pointer to a u64.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_ID, &mut id) };
-        assert_eq!(rc, 0, "NS_GET_ID on {}: {}", path.display(), std::io::Error::last_os_error());
+        let id = nstrail::nsfs::ns_id(path).unwrap_or_else(|e| panic!("NS_GET_ID on {}: {e}", path.display()));
         Self { inode, id }
     }
 

@@ -131,11 +131,17 @@ impl Agent {
                         None => std::future::pending().await,
                     }
                 } => { ready?; }
-                _ = poll.tick() => self.report_counters(&mut out, &mut summary)?,
+                // Lost-event counters are read on this tick, not per batch:
+                // they cost a syscall per CPU and counter.
+                _ = poll.tick() => {
+                    self.report_counters(&mut out, &mut summary)?;
+                    out.flush()?;
+                }
             }
         }
         // Whatever the kernel wrote before we stopped still goes out.
         self.pump(&mut out, &mut summary)?;
+        self.report_counters(&mut out, &mut summary)?;
         if let Some(fd) = probe_log.as_mut() {
             fd.get_mut().flush();
         }
@@ -172,7 +178,6 @@ impl Agent {
             }
         });
         result?;
-        self.report_counters(out, summary)?;
         out.flush()
     }
 
@@ -248,8 +253,9 @@ struct Output<'a> {
 impl Output<'_> {
     fn send(&mut self, event: &Event) -> Result<(), Error> {
         self.metrics.observe(event);
+        let json = serde_json::to_string(event).map_err(std::io::Error::from)?;
         for exporter in self.exporters.iter_mut() {
-            if let Err(err) = exporter.export(event) {
+            if let Err(err) = exporter.export(event, &json) {
                 closed_or_error(&mut self.closed, exporter.name(), err)?;
             }
         }

@@ -328,9 +328,8 @@ impl Exporter for AuditLog {
         "audit log"
     }
 
-    fn export(&mut self, event: &Event) -> Result<(), ExportError> {
-        let json = serde_json::to_string(event).map_err(std::io::Error::from)?;
-        self.append_json(&json);
+    fn export(&mut self, _event: &Event, json: &str) -> Result<(), ExportError> {
+        self.append_json(json);
         if self.pending.len() >= 1024 {
             self.write_pending();
         }

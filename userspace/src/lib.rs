@@ -21,6 +21,7 @@ pub mod kernel_layout;
 pub mod loader;
 pub mod metrics;
 pub mod netns_state;
+pub mod nsfs;
 pub mod policy;
 pub mod preflight;
 pub mod reader;

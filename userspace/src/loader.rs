@@ -1,7 +1,7 @@
 //! Loads the embedded kernel programs with this kernel's layout and attaches
 //! every sensor, reporting each probe's outcome.
 
-use std::{collections::HashSet, os::fd::AsRawFd, path::PathBuf};
+use std::{collections::HashSet, path::PathBuf};
 
 use aya::{
     maps::Array,
@@ -41,25 +41,11 @@ pub struct LoadedProbes {
     pub status: Vec<ProbeStatus>,
 }
 
-/// `NS_GET_ID` (Linux 6.18+): the namespace id of an nsfs fd, equal to its netns cookie.
-const NS_GET_ID: libc::c_ulong = 0x8008_b70d;
 const SO_NETNS_COOKIE: libc::c_int = 71;
-
-/// Cookie of a namespace from its nsfs file (NS_GET_ID, Linux 6.18+).
-fn nsfs_cookie(path: &str) -> std::io::Result<u64> {
-    let file = std::fs::File::open(path)?;
-    let mut id: u64 = 0;
-    // SAFETY: valid fd and a u64 out pointer.
-    if unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_ID, &mut id) } == 0 {
-        Ok(id)
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
 
 /// Cookie of the agent's own network namespace, from a socket made in it.
 fn own_netns_cookie() -> std::io::Result<u64> {
-    if let Ok(id) = nsfs_cookie("/proc/thread-self/ns/net") {
+    if let Ok(id) = crate::nsfs::ns_id(std::path::Path::new("/proc/thread-self/ns/net")) {
         return Ok(id);
     }
     let mut id: u64 = 0;
@@ -83,7 +69,7 @@ fn own_netns_cookie() -> std::io::Result<u64> {
 /// Cookie of the host network namespace: that of pid 1 or, where pid 1's
 /// namespace cannot be opened (some sandboxes), the agent's own.
 pub fn host_netns_cookie() -> std::io::Result<u64> {
-    match nsfs_cookie("/proc/1/ns/net") {
+    match crate::nsfs::ns_id(std::path::Path::new("/proc/1/ns/net")) {
         Ok(id) => Ok(id),
         Err(err) => {
             let own = own_netns_cookie()?;

@@ -105,9 +105,8 @@ impl Exporter for HubExporter {
         "api stream"
     }
 
-    fn export(&mut self, event: &Event) -> Result<(), ExportError> {
-        let line = serde_json::to_string(event).map_err(std::io::Error::from)?;
-        self.0.publish(event.seq, Arc::from(line));
+    fn export(&mut self, event: &Event, json: &str) -> Result<(), ExportError> {
+        self.0.publish(event.seq, Arc::from(json));
         Ok(())
     }
 }

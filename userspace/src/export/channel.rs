@@ -19,7 +19,7 @@ impl Exporter for ChannelExporter {
         "channel"
     }
 
-    fn export(&mut self, event: &Event) -> Result<(), ExportError> {
+    fn export(&mut self, event: &Event, _json: &str) -> Result<(), ExportError> {
         self.sender.send(event.clone()).map_err(|_| ExportError::Closed)
     }
 }

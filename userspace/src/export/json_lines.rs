@@ -19,8 +19,8 @@ impl<W: Write + Send> Exporter for JsonLinesExporter<W> {
         "json"
     }
 
-    fn export(&mut self, event: &Event) -> Result<(), ExportError> {
-        serde_json::to_writer(&mut self.out, event).map_err(std::io::Error::from)?;
+    fn export(&mut self, _event: &Event, json: &str) -> Result<(), ExportError> {
+        self.out.write_all(json.as_bytes())?;
         self.out.write_all(b"\n")?;
         Ok(())
     }

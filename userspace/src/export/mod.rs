@@ -22,7 +22,8 @@ pub enum ExportError {
 pub trait Exporter: Send {
     /// A short name for logs.
     fn name(&self) -> &'static str;
-    fn export(&mut self, event: &Event) -> Result<(), ExportError>;
+    /// `json` is the event serialised once for every exporter (the contract's form).
+    fn export(&mut self, event: &Event, json: &str) -> Result<(), ExportError>;
     /// Called after a batch and at shutdown.
     fn flush(&mut self) -> Result<(), ExportError> {
         Ok(())

@@ -75,7 +75,7 @@ impl<W: Write + Send> Exporter for TextExporter<W> {
         "text"
     }
 
-    fn export(&mut self, event: &Event) -> Result<(), ExportError> {
+    fn export(&mut self, event: &Event, _json: &str) -> Result<(), ExportError> {
         writeln!(self.out, "{}", format_line(event))?;
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -11,10 +11,6 @@ use procfs::process::{FDTarget, Process};
 
 use super::containers::{self, Container};
 
-/// `NS_GET_ID` (Linux 6.18+): the namespace id of an nsfs fd, equal to its netns cookie.
-const NS_GET_ID: libc::c_ulong = 0x8008_b70d;
-/// `NS_GET_NSTYPE`: the CLONE_NEW* type of an nsfs fd.
-const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
 /// One namespace as seen in /proc.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -53,13 +49,6 @@ fn link_inode(path: &Path) -> Option<u32> {
     link.to_str()?.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// Unique id of the namespace an nsfs path refers to.
-pub fn ns_id(path: &Path) -> Option<u64> {
-    let file = std::fs::File::open(path).ok()?;
-    let mut id: u64 = 0;
-    // SAFETY: valid fd and a u64 out pointer.
-    (unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_ID, &mut id) } == 0).then_some(id)
-}
 
 fn runc_container(id: &str) -> bool {
     !id.is_empty() && !id.contains("..") && Path::new("/run/runc").join(id).join("state.json").exists()
@@ -83,9 +72,7 @@ fn net_ns_behind(fd_path: &Path, nsfs: u64) -> Option<u32> {
         return None;
     }
     let file = std::fs::File::open(fd_path).ok()?;
-    // SAFETY: valid fd; the ioctl takes no argument.
-    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
-    (kind == libc::CLONE_NEWNET).then_some(meta.ino() as u32)
+    crate::nsfs::is_net_namespace(&file).then_some(meta.ino() as u32)
 }
 
 pub fn scan() -> Scan {
@@ -109,7 +96,7 @@ pub fn scan() -> Scan {
     }
     for (inode, path) in id_paths {
         if let Some(observed) = out.namespaces.get_mut(&inode) {
-            observed.id = ns_id(&path);
+            observed.id = crate::nsfs::ns_id(&path).ok();
             observed.path = Some(path);
         }
     }
@@ -226,6 +213,6 @@ mod tests {
         let own = ns_inode_of(Path::new("/proc/self/ns/net")).unwrap();
         let observed = &scan.namespaces[&own];
         assert!(observed.pids.contains(&std::process::id()));
-        assert_eq!(observed.id, ns_id(Path::new("/proc/self/ns/net")));
+        assert_eq!(observed.id, crate::nsfs::ns_id(Path::new("/proc/self/ns/net")).ok());
     }
 }
