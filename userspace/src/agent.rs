@@ -23,6 +23,10 @@ use crate::{
 
 /// How often lost-event counters are read when no event arrives.
 const COUNTER_POLL: Duration = Duration::from_millis(500);
+/// Outputs (stdout, audit log) are flushed this long after the first
+/// unflushed record, so records close together share one write; the live
+/// API stream does not wait.
+const FLUSH_DELAY: Duration = Duration::from_millis(5);
 /// How often names and containers are refreshed from /proc.
 const RELABEL_EVERY: Duration = Duration::from_secs(2);
 
@@ -118,12 +122,23 @@ impl Agent {
         let mut poll = tokio::time::interval(COUNTER_POLL);
         let relabel = tokio::spawn(relabel_periodically(self.inventory.clone()));
         tokio::pin!(shutdown);
+        let mut flush_at: Option<tokio::time::Instant> = None;
         while !out.closed {
             tokio::select! {
                 _ = &mut shutdown => break,
                 ready = self.events.readable() => {
                     ready?;
                     self.pump(&mut out, &mut summary)?;
+                    flush_at.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_DELAY);
+                }
+                _ = async {
+                    match flush_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    flush_at = None;
+                    out.flush()?;
                 }
                 ready = async {
                     match probe_log.as_mut() {
@@ -135,6 +150,7 @@ impl Agent {
                 // they cost a syscall per CPU and counter.
                 _ = poll.tick() => {
                     self.report_counters(&mut out, &mut summary)?;
+                    flush_at = None;
                     out.flush()?;
                 }
             }
@@ -177,8 +193,7 @@ impl Agent {
                 }
             }
         });
-        result?;
-        out.flush()
+        result
     }
 
     /// Lost events become their own records; probe errors go to the log.
