@@ -101,6 +101,52 @@ fn sysctl_write(n: u64) {
     }
 }
 
+/// A veth pair made and one end moved into a namespace of our own, with
+/// iproute2, as CNI plugins do; then deleted.
+fn veth_move(n: u64) {
+    // A child that sits in a new namespace: the destination of the moves.
+    let mut pipe = [0; 2];
+    // SAFETY: out array of two fds.
+    if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
+        fail("pipe");
+    }
+    // SAFETY: the child only unshares and blocks on the pipe, then exits.
+    let holder = unsafe { libc::fork() };
+    if holder == 0 {
+        unsafe {
+            libc::close(pipe[1]);
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                libc::_exit(1);
+            }
+            let mut byte = 0u8;
+            libc::read(pipe[0], (&mut byte as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: closing our copy of the read end.
+    unsafe { libc::close(pipe[0]) };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let ip = |args: &[&str]| {
+        let ok = std::process::Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+        if !ok {
+            fail(&format!("ip {}", args.join(" ")));
+        }
+    };
+    let target = holder.to_string();
+    let (a, b) = (format!("nsb{}a", std::process::id() % 100000), format!("nsb{}b", std::process::id() % 100000));
+    for _ in 0..n {
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ip(&["link", "set", &b, "netns", &target]);
+        ip(&["link", "del", &a]);
+    }
+    // SAFETY: releasing and reaping the holder.
+    unsafe {
+        libc::close(pipe[1]);
+        let mut status = 0;
+        libc::waitpid(holder, &mut status, 0);
+    }
+}
+
 /// UDP datagrams to a socket on loopback: traffic no probe should tax.
 fn udp_sendmsg(n: u64) {
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|_| fail("bind receiver"));
@@ -186,7 +232,7 @@ fn main() -> ExitCode {
         return paced_sysctl_writes(n, rate);
     }
     let (Some(case), Some(Ok(n))) = (args.first(), args.get(1).map(|s| s.parse::<u64>())) else {
-        eprintln!("usage: nstrail-bench fork-exit|fork-exec|netns-churn|sysctl-read|sysctl-write|udp-sendmsg ITERATIONS");
+        eprintln!("usage: nstrail-bench fork-exit|fork-exec|netns-churn|sysctl-read|sysctl-write|udp-sendmsg|veth-move ITERATIONS");
         return ExitCode::from(2);
     };
     let run: fn(u64) = match case.as_str() {
@@ -199,6 +245,7 @@ fn main() -> ExitCode {
             sysctl_write
         }
         "udp-sendmsg" => udp_sendmsg,
+        "veth-move" => veth_move,
         other => {
             eprintln!("nstrail-bench: unknown case {other}");
             return ExitCode::from(2);
