@@ -64,6 +64,20 @@ pub enum CreateVia {
     Unknown,
 }
 
+impl CreateVia {
+    /// The name used in JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unshare => "unshare",
+            Self::Clone => "clone",
+            Self::Clone3 => "clone3",
+            Self::Fork => "fork",
+            Self::Vfork => "vfork",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 /// The new task of a clone-family create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Child {
@@ -89,6 +103,18 @@ pub enum SysctlResult {
     Denied,
     /// The write went through a path nstrail does not watch (io_uring, splice).
     Unknown,
+}
+
+impl SysctlResult {
+    /// The name used in JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Rejected => "rejected",
+            Self::Denied => "denied",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -224,4 +250,19 @@ pub struct Event {
     pub seq: u64,
     #[serde(flatten)]
     pub body: EventBody,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_names_match_the_json() {
+        for via in [CreateVia::Unshare, CreateVia::Clone, CreateVia::Clone3, CreateVia::Fork, CreateVia::Vfork, CreateVia::Unknown] {
+            assert_eq!(serde_json::to_value(via).unwrap(), via.as_str());
+        }
+        for result in [SysctlResult::Applied, SysctlResult::Rejected, SysctlResult::Denied, SysctlResult::Unknown] {
+            assert_eq!(serde_json::to_value(result).unwrap(), result.as_str());
+        }
+    }
 }

@@ -143,13 +143,11 @@ impl Metrics {
         self.events.with_label_values(&[event.body.type_name()]).inc();
         match &event.body {
             EventBody::NetnsCreate { via, .. } => {
-                let via = serde_json::to_value(via).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-                self.netns_created.with_label_values(&[&via]).inc();
+                self.netns_created.with_label_values(&[via.as_str()]).inc();
             }
             EventBody::SysctlWrite { sysctl, result, .. } => {
                 let label = if self.options.sysctl_labels.contains(sysctl) { sysctl.as_str() } else { OTHER };
-                let result = serde_json::to_value(result).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-                self.sysctl_writes.with_label_values(&[label, &result]).inc();
+                self.sysctl_writes.with_label_values(&[label, result.as_str()]).inc();
             }
             EventBody::Lost { count, event_type } => self.lost.with_label_values(&[event_type]).inc_by(*count),
             _ => {}

@@ -8,7 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-const NSTRAIL: &str = env!("CARGO_BIN_EXE_nstrail");
+mod support;
+
+use support::{RunningAgent, NSTRAIL};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -123,65 +125,6 @@ fn an_invalid_policy_file_is_refused_at_start_with_line_and_reason() {
     let missing = Command::new(NSTRAIL).args(["run", "--config", "/nonexistent/nstrail.toml"]).output().expect("run");
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config /nonexistent/nstrail.toml: No such file"));
-}
-
-/// `nstrail run` as a child process, its JSON lines collected, stopped with
-/// SIGTERM on drop.
-struct RunningAgent {
-    child: std::process::Child,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
-}
-
-impl RunningAgent {
-    fn start(socket: &std::path::Path) -> Self {
-        // Port 0: parallel tests never fight over the default metrics port.
-        Self::start_with(socket, &["--metrics-listen", "127.0.0.1:0", "--no-audit-log"])
-    }
-
-    fn start_with(socket: &std::path::Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(NSTRAIL)
-            .arg("run")
-            .arg("--socket")
-            .arg(socket)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nstrail run");
-        let stdout = child.stdout.take().expect("stdout");
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (ready_tx, ready) = mpsc::channel();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let value: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
-                if value["type"] == "agent_start" {
-                    let _ = ready_tx.send(());
-                }
-                sink.lock().unwrap().push(value);
-            }
-        });
-        ready.recv_timeout(Duration::from_secs(30)).expect("agent started");
-        // The socket is bound before the first record is written.
-        assert!(socket.exists(), "API socket at {}", socket.display());
-        Self { child, lines }
-    }
-
-    fn stop(mut self) -> Vec<serde_json::Value> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        assert!(self.child.wait().expect("wait").success());
-        std::thread::sleep(Duration::from_millis(100));
-        self.lines.lock().unwrap().clone()
-    }
-}
-
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child (no-op once it has exited).
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
 }
 
 /// `ip netns add` with a drop guard.

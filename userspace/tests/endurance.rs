@@ -2,65 +2,25 @@
 //! the middle of a burst and restarted; thousands of API connections.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::Command,
     time::{Duration, Instant},
 };
 
-const NSTRAIL: &str = env!("CARGO_BIN_EXE_nstrail");
+mod support;
+
+use support::{RunningAgent, NSTRAIL};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "run the tests as root (cargo xtask test)");
 }
 
-/// `nstrail run` with its JSON lines collected; killed on drop.
-struct Agent {
-    child: Child,
-    lines: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Agent {
-    fn start(dir: &Path) -> Self {
-        let mut child = Command::new(NSTRAIL)
-            .args(["run", "--metrics-listen", "127.0.0.1:0", "--socket"])
-            .arg(dir.join("api.sock"))
-            .arg("--audit-log")
-            .arg(dir.join("events.jsonl"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start agent");
-        let stdout = child.stdout.take().expect("stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let (ready_tx, ready) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-                if value["type"] == "agent_start" {
-                    let _ = ready_tx.send(());
-                }
-                sink.lock().unwrap().push(value);
-            }
-        });
-        ready.recv_timeout(Duration::from_secs(30)).expect("agent started");
-        Self { child, lines }
-    }
-
-    fn creates(&self) -> Vec<u64> {
-        self.lines.lock().unwrap().iter().filter(|l| l["type"] == "netns_create").filter_map(|l| l["netns"]["id"].as_u64()).collect()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
+/// The agent with its API socket and audit log in `dir`.
+fn start_agent(dir: &Path) -> RunningAgent {
+    let log = dir.join("events.jsonl");
+    RunningAgent::start_with(&dir.join("api.sock"), &["--metrics-listen", "127.0.0.1:0", "--audit-log", log.to_str().unwrap()])
 }
 
 struct Scratch(PathBuf);
@@ -91,7 +51,7 @@ fn churn(count: usize) -> std::thread::JoinHandle<()> {
 fn killed_mid_burst_and_restarted_the_log_marks_it_and_nothing_is_doubled() {
     require_root();
     let dir = scratch("kill");
-    let first = Agent::start(&dir.0);
+    let first = start_agent(&dir.0);
     let burst = churn(600);
     let deadline = Instant::now() + Duration::from_secs(30);
     while first.creates().len() < 50 {
@@ -103,7 +63,7 @@ fn killed_mid_burst_and_restarted_the_log_marks_it_and_nothing_is_doubled() {
     let _ = first.child.wait();
     let before: Vec<u64> = first.creates();
 
-    let second = Agent::start(&dir.0);
+    let second = start_agent(&dir.0);
     burst.join().unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let after = second.creates();
@@ -132,7 +92,7 @@ fn killed_mid_burst_and_restarted_the_log_marks_it_and_nothing_is_doubled() {
 fn thousands_of_api_connections_do_not_stop_the_agent() {
     require_root();
     let dir = scratch("conns");
-    let agent = Agent::start(&dir.0);
+    let agent = start_agent(&dir.0);
     let socket = dir.0.join("api.sock");
     // SAFETY: raising our own descriptor limit for the test's connections.
     unsafe {

@@ -31,7 +31,7 @@ pub fn format_line(event: &Event) -> String {
             format!(
                 "netns {} created via {} from {} by {}{}",
                 ns(netns),
-                serde_json::to_value(via).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                via.as_str(),
                 ns(parent_netns),
                 who(actor),
                 child
@@ -47,7 +47,7 @@ pub fn format_line(event: &Event) -> String {
             let old = old.as_deref().unwrap_or("?");
             let errno = errno.map(|e| format!(" errno={e}")).unwrap_or_default();
             let tcp = tcp_sockets_in_use.map(|n| format!(" tcp_sockets_in_use={n}")).unwrap_or_default();
-            let result = serde_json::to_value(result).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let result = result.as_str();
             format!("sysctl {sysctl}: {old} -> {new} {result}{errno} in netns {}{tcp} by {}", ns(netns), who(actor))
         }
         EventBody::Lost { count, event_type } => {
