@@ -18,7 +18,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
 };
 
@@ -225,8 +225,6 @@ async fn answer(line: &[u8], inventory: &Arc<Mutex<Inventory>>) -> InventoryRepl
         other => error_reply(format!("unknown op `{other}`; known: inventory, subscribe")),
     }
 }
-
-use tokio::io::AsyncReadExt as _;
 
 /// Subscribes to a running agent's event stream (blocking client for the CLI):
 /// returns the reader positioned after the acknowledgement.

@@ -13,7 +13,7 @@
 use std::{
     collections::VecDeque,
     fs::{File, OpenOptions},
-    io::{BufRead, BufReader, Read, Seek, SeekFrom, Write},
+    io::{Read, Seek, SeekFrom, Write},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
@@ -375,9 +375,12 @@ pub fn verify(files: &[PathBuf]) -> std::io::Result<Verdict> {
     let mut prev_hash: Option<String> = None;
     let mut prev_seq: Option<u64> = None;
     for path in files {
-        let file = File::open(path)?;
-        let lines: Vec<String> = BufReader::new(file).split(b'\n').map(|l| l.map(|b| String::from_utf8_lossy(&b).into_owned())).collect::<Result<_, _>>()?;
-        let ends_with_newline = std::fs::read(path).map(|b| b.last() == Some(&b'\n')).unwrap_or(true);
+        let bytes = std::fs::read(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;
+        let ends_with_newline = bytes.last().is_none_or(|b| *b == b'\n');
+        let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        let lines: Vec<String> =
+            if body.is_empty() { Vec::new() } else { body.split(|b| *b == b'\n').map(|l| String::from_utf8_lossy(l).into_owned()).collect() };
         for (index, line) in lines.iter().enumerate() {
             let number = index as u64 + 1;
             let broken = |problem: String| Ok(Verdict::Broken { file: path.clone(), line: number, problem });
@@ -385,9 +388,6 @@ pub fn verify(files: &[PathBuf]) -> std::io::Result<Verdict> {
             let Some((json, prev, hash)) = split_line(line) else {
                 if last && !ends_with_newline {
                     return broken("the file ends in a cut-off record (truncated)".into());
-                }
-                if last && line.is_empty() {
-                    continue;
                 }
                 if next_is_segment_after_cut(&lines, index) {
                     // The agent was killed mid-write; the next run marked it.
@@ -427,9 +427,9 @@ pub fn verify(files: &[PathBuf]) -> std::io::Result<Verdict> {
                     };
                     return broken(problem);
                 }
-            } else if prev != GENESIS && records == 0 && kind != "audit_segment" {
-                // The first file given may be a later rotation: it need not start the chain.
             }
+            // With no record before it, a record may link to anything: the
+            // first file given can be a later rotation.
             if let (Some(p), Some(s)) = (prev_seq, seq) {
                 if s != p + 1 {
                     return broken(format!("seq jumps from {p} to {s}"));

@@ -352,6 +352,13 @@ fn sigterm_flushes_every_event_into_a_verifiable_audit_log() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("was altered: its hash does not match its content"), "{stderr}");
+
+    let missing = Command::new(NSTRAIL).args(["verify", "/nonexistent/events.jsonl"]).output().expect("verify");
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&missing.stderr).trim(),
+        "nstrail: error: cannot read /nonexistent/events.jsonl: No such file or directory (os error 2)"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
