@@ -8,6 +8,9 @@
 //!   netns-helper tcp-listen        hold a listening TCP socket until stdin closes
 //!   netns-helper hold-fd PATH      keep PATH (an nsfs file) open until stdin closes
 //!   netns-helper hold-many N       make N namespaces, each kept only by an open fd, until stdin closes
+//!   netns-helper move-link DEV PATH  move device DEV into the namespace at PATH with one
+//!                                  rtnetlink RTM_NEWLINK sent by sendto(2) from a second
+//!                                  thread, as Go netlink libraries do; prints the errno
 
 use std::{os::fd::AsRawFd, process::ExitCode};
 
@@ -147,6 +150,70 @@ fn hold_many(count: usize) {
     wait_for_stdin_close();
 }
 
+/// RTM_NEWLINK { ifinfomsg, IFLA_IFNAME = DEV, IFLA_NET_NS_FD = fd } with
+/// NLM_F_ACK, sent with sendto(2); returns the acknowledgement's errno.
+fn move_link(device: &str, path: &str) {
+    const RTM_NEWLINK: u16 = 16;
+    const NLMSG_ERROR: u16 = 2;
+    const IFLA_IFNAME: u16 = 3;
+    const IFLA_NET_NS_FD: u16 = 28;
+    let ns = std::fs::File::open(path).unwrap_or_else(|_| fail("open namespace"));
+    let device = device.to_owned();
+    let ns_fd = ns.as_raw_fd() as u32;
+    let line = std::thread::spawn(move || {
+        fn attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+            out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+            out.extend_from_slice(&kind.to_ne_bytes());
+            out.extend_from_slice(value);
+            out.resize((out.len() + 3) & !3, 0);
+        }
+        let mut body = vec![0u8; 16]; // ifinfomsg: family AF_UNSPEC, ifindex 0 (by name)
+        attr(&mut body, IFLA_IFNAME, format!("{device}\0").as_bytes());
+        attr(&mut body, IFLA_NET_NS_FD, &ns_fd.to_ne_bytes());
+        let mut message = Vec::new();
+        message.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        message.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
+        message.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+        message.extend_from_slice(&1u32.to_ne_bytes());
+        message.extend_from_slice(&0u32.to_ne_bytes());
+        message.extend_from_slice(&body);
+        // SAFETY: plain socket calls on our own fd and buffers.
+        let errno = unsafe {
+            let sock = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
+            if sock < 0 {
+                fail("socket");
+            }
+            let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
+            kernel.nl_family = libc::AF_NETLINK as u16;
+            let sent = libc::sendto(
+                sock,
+                message.as_ptr().cast(),
+                message.len(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            );
+            if sent < 0 {
+                fail("sendto");
+            }
+            let mut answer = [0u8; 4096];
+            let n = libc::recv(sock, answer.as_mut_ptr().cast(), answer.len(), 0);
+            libc::close(sock);
+            if n < 20 || u16::from_ne_bytes([answer[4], answer[5]]) != NLMSG_ERROR {
+                fail("no acknowledgement");
+            }
+            -i32::from_ne_bytes([answer[16], answer[17], answer[18], answer[19]])
+        };
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        format!("pid={} tid={tid} errno={errno}", std::process::id())
+    })
+    .join()
+    .expect("thread");
+    drop(ns);
+    println!("{line}");
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
@@ -157,8 +224,9 @@ fn main() -> ExitCode {
         ["hold-fd", path] => hold_fd(path),
         ["hold-many", n] => hold_many(n.parse().unwrap_or_else(|_| fail("hold-many takes a count"))),
         ["churn", n] => churn(n.parse().unwrap_or_else(|_| fail("churn takes a count"))),
+        ["move-link", device, path] => move_link(device, path),
         _ => {
-            eprintln!("usage: netns-helper clone | clone3 | setns-thread PATH | churn N | tcp-listen | hold-fd PATH | hold-many N");
+            eprintln!("usage: netns-helper clone | clone3 | setns-thread PATH | churn N | tcp-listen | hold-fd PATH | hold-many N | move-link DEV PATH");
             return ExitCode::from(2);
         }
     }

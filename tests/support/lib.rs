@@ -7,7 +7,7 @@ pub mod netns;
 pub mod process;
 
 pub use agent::{EventLog, TestAgent};
-pub use netns::{NamedNetns, NetnsIdentity};
+pub use netns::{ifindex, HostVeth, NamedNetns, NetnsIdentity};
 pub use process::{field, run, run_ok, Background, Ran};
 
 /// Panics with a clear message when not root: these tests load eBPF

@@ -81,3 +81,49 @@ impl Drop for NamedNetns {
         }
     }
 }
+
+/// A veth pair made in the host namespace. On drop both ends are deleted
+/// wherever they still are in the host (deleting one end deletes the pair;
+/// ends moved into a test namespace go with that namespace).
+pub struct HostVeth {
+    pub name: String,
+    pub peer: String,
+}
+
+impl HostVeth {
+    /// Device names are at most 15 bytes: `nt` + pid + counter + end.
+    pub fn unique_names() -> (String, String) {
+        let stem = format!("nt{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
+        (format!("{stem}a"), format!("{stem}b"))
+    }
+
+    /// `ip link add NAME type veth peer name PEER`, both in the host.
+    pub fn add() -> Self {
+        let (name, peer) = Self::unique_names();
+        let guard = Self { name: name.clone(), peer: peer.clone() };
+        crate::run_ok("ip", &["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        guard
+    }
+}
+
+impl Drop for HostVeth {
+    fn drop(&mut self) {
+        for end in [&self.name, &self.peer] {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", end])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The ifindex of `device` in the host (`netns` None) or in a named namespace.
+pub fn ifindex(netns: Option<&str>, device: &str) -> u32 {
+    let mut args = Vec::new();
+    if let Some(ns) = netns {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["-o", "link", "show", "dev", device]);
+    let ran = crate::run_ok("ip", &args);
+    ran.stdout.split(':').next().and_then(|i| i.trim().parse().ok()).unwrap_or_else(|| panic!("ifindex of {device}: {:?}", ran.stdout))
+}

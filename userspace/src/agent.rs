@@ -10,14 +10,17 @@ use aya_log::EbpfLogger;
 
 use crate::{
     correlate::Correlator,
-    decode::decode,
-    event::{Event, EventBody, ProbeStatus},
+    decode::{decode, KernelEvent},
+    device_moves::{DeviceEvent, DeviceMoves},
+    event::{Event, EventBody, Netns, ProbeStatus},
     export::{ExportError, Exporter},
     inventory::{scan, Inventory},
     metrics::{Metrics, MetricsOptions},
     loader::{self, LoadOptions},
+    nsid::NsidMap,
     preflight,
     reader::{EventReader, KernelCounters},
+    rtnetlink::Listener,
     Error,
 };
 
@@ -40,6 +43,18 @@ pub struct Agent {
     correlator: Correlator,
     inventory: Arc<Mutex<Inventory>>,
     metrics: Arc<Metrics>,
+    /// The device_move sensor's listener and pairing state, when attached.
+    device_listener: Option<Listener>,
+    device_moves: Option<Arc<Mutex<DeviceMoves>>>,
+}
+
+/// The agent's own network namespace: rtnetlink notifications without an
+/// nsid are about it.
+fn own_netns() -> std::io::Result<Netns> {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::path::Path::new("/proc/thread-self/ns/net");
+    let inode = std::fs::metadata(path)?.ino() as u32;
+    Ok(Netns::new(inode, crate::nsfs::ns_id(path)?))
 }
 
 /// What a run did, for the caller and the tests.
@@ -71,7 +86,20 @@ impl Agent {
         let counters = KernelCounters::new(&mut loaded.ebpf)?;
         // The probes are attached: whatever the scan finds existed before us
         // or is reported by an event from now on.
-        let inventory = Arc::new(Mutex::new(Inventory::from_scan(&scan::scan())));
+        let first_scan = scan::scan();
+        let inventory = Arc::new(Mutex::new(Inventory::from_scan(&first_scan)));
+        let device_moves = match loaded.device_listener.is_some().then(|| own_netns().and_then(NsidMap::new)) {
+            Some(Ok(mut nsids)) => {
+                // Every namespace gets an nsid, so its notifications reach the listener.
+                nsids.assign_scanned(&first_scan);
+                Some(Arc::new(Mutex::new(DeviceMoves::new(nsids))))
+            }
+            Some(Err(err)) => {
+                log::warn!("device moves cannot be followed: {err}");
+                None
+            }
+            None => None,
+        };
         Ok(Self {
             _ebpf: loaded.ebpf,
             probes: loaded.status,
@@ -81,6 +109,8 @@ impl Agent {
             correlator: Correlator::new(),
             inventory,
             metrics,
+            device_listener: if device_moves.is_some() { loaded.device_listener } else { None },
+            device_moves,
         })
     }
 
@@ -119,8 +149,12 @@ impl Agent {
             Some(logger) => Some(crate::reader::readable_fd(logger)?),
             None => None,
         };
+        let mut device_listener = match self.device_listener.take() {
+            Some(listener) => Some(crate::reader::readable_fd(listener)?),
+            None => None,
+        };
         let mut poll = tokio::time::interval(COUNTER_POLL);
-        let relabel = tokio::spawn(relabel_periodically(self.inventory.clone()));
+        let relabel = tokio::spawn(relabel_periodically(self.inventory.clone(), self.device_moves.clone()));
         tokio::pin!(shutdown);
         let mut flush_at: Option<tokio::time::Instant> = None;
         while !out.closed {
@@ -141,6 +175,30 @@ impl Agent {
                     out.flush()?;
                 }
                 ready = async {
+                    match device_listener.as_mut() {
+                        Some(fd) => fd.readable_mut().await.map(|mut g| g.clear_ready()),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    ready?;
+                    let listener = device_listener.as_mut().expect("listener is readable").get_mut();
+                    self.read_device_notifications(listener, &mut out, &mut summary)?;
+                    flush_at.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_DELAY);
+                }
+                _ = async {
+                    match self.device_moves.as_ref().and_then(|m| m.lock().expect("device moves lock").next_deadline()) {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let mut ready = Vec::new();
+                    if let Some(moves) = &self.device_moves {
+                        moves.lock().expect("device moves lock").expire(std::time::Instant::now(), &mut ready);
+                    }
+                    self.send_device_events(ready, &mut out, &mut summary)?;
+                    flush_at.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_DELAY);
+                }
+                ready = async {
                     match probe_log.as_mut() {
                         Some(fd) => fd.readable_mut().await.map(|mut g| { g.get_inner_mut().flush(); g.clear_ready(); }),
                         None => std::future::pending().await,
@@ -157,6 +215,15 @@ impl Agent {
         }
         // Whatever the kernel wrote before we stopped still goes out.
         self.pump(&mut out, &mut summary)?;
+        if let Some(fd) = device_listener.as_mut() {
+            self.read_device_notifications(fd.get_mut(), &mut out, &mut summary)?;
+            let mut ready = Vec::new();
+            if let Some(moves) = &self.device_moves {
+                let far = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+                moves.lock().expect("device moves lock").expire(far, &mut ready);
+            }
+            self.send_device_events(ready, &mut out, &mut summary)?;
+        }
         self.report_counters(&mut out, &mut summary)?;
         if let Some(fd) = probe_log.as_mut() {
             fd.get_mut().flush();
@@ -166,8 +233,61 @@ impl Agent {
         Ok(summary)
     }
 
+    /// Reads every waiting datagram of the device listener and sends the
+    /// events they complete.
+    fn read_device_notifications(
+        &mut self,
+        listener: &mut Listener,
+        out: &mut Output<'_>,
+        summary: &mut RunSummary,
+    ) -> Result<(), Error> {
+        let Some(moves) = self.device_moves.clone() else { return Ok(()) };
+        let mut ready = Vec::new();
+        loop {
+            match listener.recv() {
+                Ok(Some(datagram)) => {
+                    // The kernel side recorded this datagram's actors before
+                    // queueing it: take them from the ring buffer first.
+                    self.pump(out, summary)?;
+                    let mut moves = moves.lock().expect("device moves lock");
+                    if let Err(err) = moves.datagram(datagram.nsid, datagram.data, &mut ready) {
+                        summary.decode_errors += 1;
+                        out.metrics.decode_error();
+                        log::error!("dropping undecodable rtnetlink datagram: {err}");
+                    }
+                }
+                Ok(None) => break,
+                Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => {
+                    // Counted as lost once their orphaned actor records expire.
+                    log::warn!("rtnetlink listener overrun: device notifications were dropped");
+                }
+                Err(err) => return Err(Error::Io(err)),
+            }
+        }
+        self.send_device_events(ready, out, summary)
+    }
+
+    fn send_device_events(
+        &mut self,
+        ready: Vec<DeviceEvent>,
+        out: &mut Output<'_>,
+        summary: &mut RunSummary,
+    ) -> Result<(), Error> {
+        for DeviceEvent { boot_ns, body } in ready {
+            let mut event = self.correlator.record_at(boot_ns, body);
+            {
+                let mut inventory = self.inventory.lock().expect("inventory lock");
+                inventory.label(&mut event);
+                inventory.observe(&event);
+            }
+            summary.events += 1;
+            out.send(&event)?;
+        }
+        Ok(())
+    }
+
     fn pump(&mut self, out: &mut Output<'_>, summary: &mut RunSummary) -> Result<(), Error> {
-        let Self { events, correlator, inventory, .. } = self;
+        let Self { events, correlator, inventory, device_moves, .. } = self;
         let mut result = Ok(());
         events.drain(|bytes| {
             if result.is_err() || out.closed {
@@ -175,8 +295,21 @@ impl Agent {
             }
             match decode(bytes) {
                 Ok(kernel_event) if is_own_device_listing(&kernel_event) => {}
+                Ok(KernelEvent::LinkNotify(record)) => {
+                    if let Some(moves) = device_moves {
+                        moves.lock().expect("device moves lock").actor_seen(record);
+                    }
+                }
                 Ok(kernel_event) => {
-                    let mut event = correlator.kernel_record(&kernel_event);
+                    let Some(mut event) = correlator.kernel_record(&kernel_event) else { return };
+                    if let Some(moves) = device_moves {
+                        let mut moves = moves.lock().expect("device moves lock");
+                        match &event.body {
+                            EventBody::NetnsCreate { .. } => moves.nsids().assign_created(&event),
+                            EventBody::NetnsDestroy { netns, actor, .. } => moves.netns_destroyed(actor.tid, netns),
+                            _ => {}
+                        }
+                    }
                     {
                         let mut inventory = inventory.lock().expect("inventory lock");
                         // Labels as known before the event (a destroyed namespace loses them).
@@ -198,7 +331,16 @@ impl Agent {
 
     /// Lost events become their own records; probe errors go to the log.
     fn report_counters(&mut self, out: &mut Output<'_>, summary: &mut RunSummary) -> Result<(), Error> {
-        for (event_type, count) in self.counters.lost() {
+        let mut lost = self.counters.lost();
+        if let Some(moves) = &self.device_moves {
+            let dropped = moves.lock().expect("device moves lock").take_unmatched();
+            if dropped > 0 {
+                // The socket buffer overflowed: these notifications (moves
+                // among them, maybe) never reached the agent.
+                lost.push(("device_notification", dropped));
+            }
+        }
+        for (event_type, count) in lost {
             summary.lost += count;
             log::warn!("kernel ring buffer full: {count} {event_type} events lost");
             let record = self
@@ -221,7 +363,7 @@ fn is_own_device_listing(event: &crate::decode::KernelEvent) -> bool {
 /// mount table changes (a bind mount such as /run/netns/NAME appears or
 /// goes; the kernel flags /proc/self/mountinfo) and every few seconds for
 /// the rest (containers starting).
-async fn relabel_periodically(inventory: Arc<Mutex<Inventory>>) {
+async fn relabel_periodically(inventory: Arc<Mutex<Inventory>>, device_moves: Option<Arc<Mutex<DeviceMoves>>>) {
     use std::io::{Read, Seek};
     let mut mountinfo = std::fs::File::open("/proc/self/mountinfo")
         .and_then(|f| crate::reader::owned_fd_with_interest(f, tokio::io::Interest::PRIORITY))
@@ -253,6 +395,9 @@ async fn relabel_periodically(inventory: Arc<Mutex<Inventory>>) {
         }
         if let Ok(scan) = tokio::task::spawn_blocking(scan::scan).await {
             inventory.lock().expect("inventory lock").relabel(&scan);
+            if let Some(moves) = &device_moves {
+                moves.lock().expect("device moves lock").nsids().assign_scanned(&scan);
+            }
         }
     }
 }

@@ -79,11 +79,11 @@ pub fn rfc3339(unix_ns: i128) -> String {
     )
 }
 
-fn netns(r: NetnsRef) -> Netns {
+pub fn netns(r: NetnsRef) -> Netns {
     Netns::new(r.inode, r.cookie)
 }
 
-fn actor(a: &nstrail_abi::Actor) -> Actor {
+pub fn actor(a: &nstrail_abi::Actor) -> Actor {
     let end = a.comm.iter().position(|b| *b == 0).unwrap_or(a.comm.len());
     Actor {
         pid: a.pid,
@@ -155,7 +155,15 @@ impl Correlator {
         self.stamp(WallClock::now_rfc3339(), body)
     }
 
-    pub fn kernel_record(&mut self, event: &KernelEvent) -> Event {
+    /// An event built by the agent from what the kernel saw at `boot_ns`.
+    pub fn record_at(&mut self, boot_ns: u64, body: EventBody) -> Event {
+        let ts = rfc3339(self.clock.unix_ns(boot_ns));
+        self.stamp(ts, body)
+    }
+
+    /// The event of a kernel record; None for records that only annotate
+    /// others (link notification actors).
+    pub fn kernel_record(&mut self, event: &KernelEvent) -> Option<Event> {
         let (boot_ns, body) = match event {
             KernelEvent::NetnsCreate(e) => (
                 e.header.boot_ns,
@@ -188,10 +196,10 @@ impl Correlator {
                 },
             ),
             KernelEvent::SysctlWrite(e) => (e.header.boot_ns, sysctl_write(e, &mut self.sockets)),
+            KernelEvent::LinkNotify(_) => return None,
         };
         self.remember(&body);
-        let ts = rfc3339(self.clock.unix_ns(boot_ns));
-        self.stamp(ts, body)
+        Some(self.record_at(boot_ns, body))
     }
 
     fn remember(&mut self, body: &EventBody) {
@@ -239,7 +247,7 @@ mod tests {
             child_tid: 9,
             _pad: 0,
         };
-        let first = c.kernel_record(&KernelEvent::NetnsCreate(raw));
+        let first = c.kernel_record(&KernelEvent::NetnsCreate(raw)).unwrap();
         let second = c.agent_record(EventBody::Lost { count: 1, event_type: "netns_create".into() });
         assert_eq!((first.seq, second.seq), (1, 2));
         let json = serde_json::to_value(&first).unwrap();

@@ -2,6 +2,7 @@
 //! type, each checking the record's length before copying it out.
 
 use nstrail_abi::{
+    device::LinkNotifyEvent,
     event_kind,
     netns::{NetnsCreateEvent, NetnsDestroyEvent, NetnsEnterEvent},
     sysctl::SysctlWriteEvent,
@@ -15,6 +16,9 @@ pub enum KernelEvent {
     NetnsEnter(NetnsEnterEvent),
     NetnsDestroy(NetnsDestroyEvent),
     SysctlWrite(Box<SysctlWriteEvent>),
+    /// Who caused a link notification: joined with the rtnetlink message
+    /// by the device tracker, never an event of its own.
+    LinkNotify(LinkNotifyEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -45,6 +49,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         event_kind::SYSCTL_WRITE => {
             read_record(bytes, "sysctl_write event").map(|e| KernelEvent::SysctlWrite(Box::new(e)))
         }
+        event_kind::LINK_NOTIFY => read_record(bytes, "link_notify record").map(KernelEvent::LinkNotify),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -56,6 +61,8 @@ pub fn kind_name(kind: u32) -> &'static str {
         event_kind::NETNS_ENTER => "netns_enter",
         event_kind::NETNS_DESTROY => "netns_destroy",
         event_kind::SYSCTL_WRITE => "sysctl_write",
+        // A lost actor record: the device event still comes, without its actor.
+        event_kind::LINK_NOTIFY => "device_actor",
         _ => "unknown",
     }
 }
@@ -108,6 +115,16 @@ mod tests {
         sysctl.name[..19].copy_from_slice(b"net/ipv4/ip_forward");
         sysctl.name_len = 19;
         assert_eq!(decode(&bytes_of(&sysctl)), Ok(KernelEvent::SysctlWrite(Box::new(sysctl))));
+
+        let notify = LinkNotifyEvent {
+            header: EventHeader { kind: event_kind::LINK_NOTIFY, ..enter.header },
+            actor: enter.actor,
+            nlmsg_len: 1500,
+            nlmsg_type: 16,
+            ifindex: 9,
+            ..Default::default()
+        };
+        assert_eq!(decode(&bytes_of(&notify)), Ok(KernelEvent::LinkNotify(notify)));
     }
 
     #[test]

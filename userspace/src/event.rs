@@ -121,6 +121,31 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// A device that moved, as it was before and after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedDevice {
+    /// Name in the source namespace.
+    pub name: String,
+    /// Link kind (`veth`, `dummy`, `macvlan`, ...); absent for devices
+    /// without one (physical NICs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub ifindex_before: u32,
+    pub ifindex_after: u32,
+    /// Name in the destination (a move may rename).
+    pub name_after: String,
+}
+
+/// One end of a veth pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VethEnd {
+    pub name: String,
+    pub ifindex: u32,
+    /// Absent only when the kernel did not tell the agent (see docs/events.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<Netns>,
+}
+
 /// A probe's state after the agent tried to attach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeStatus {
@@ -181,6 +206,31 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tcp_sockets_in_use: Option<u64>,
     },
+    /// A network device left one namespace for another.
+    DeviceMove {
+        device: MovedDevice,
+        /// Absent only for a device the kernel returned from a namespace
+        /// it was destroying, when the agent could not tell which.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_netns: Option<Netns>,
+        /// Absent only when the destination had no nsid the agent could
+        /// resolve (see docs/events.md).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_netns: Option<Netns>,
+        /// The task that asked for it (or the kernel worker cleaning up a
+        /// namespace); absent when its record was lost.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<Actor>,
+    },
+    /// A veth pair was created with its ends in different namespaces.
+    VethCreate {
+        /// The end named first (`ip link add NAME type veth ...`).
+        device: VethEnd,
+        /// The `peer name` end.
+        peer: VethEnd,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<Actor>,
+    },
     /// Events the kernel side could not deliver (ring buffer full), counted
     /// in-kernel per event type since the previous `lost` record.
     Lost {
@@ -203,6 +253,8 @@ impl EventBody {
             Self::NetnsEnter { .. } => "netns_enter",
             Self::NetnsDestroy { .. } => "netns_destroy",
             Self::SysctlWrite { .. } => "sysctl_write",
+            Self::DeviceMove { .. } => "device_move",
+            Self::VethCreate { .. } => "veth_create",
             Self::Lost { .. } => "lost",
             Self::AgentStart { .. } => "agent_start",
         }
@@ -215,7 +267,8 @@ impl EventBody {
             | Self::NetnsEnter { netns, .. }
             | Self::NetnsDestroy { netns, .. }
             | Self::SysctlWrite { netns, .. } => Some(netns),
-            Self::Lost { .. } | Self::AgentStart { .. } => None,
+            Self::DeviceMove { to_netns, .. } => to_netns.as_ref(),
+            Self::VethCreate { .. } | Self::Lost { .. } | Self::AgentStart { .. } => None,
         }
     }
 
@@ -226,6 +279,10 @@ impl EventBody {
             Self::NetnsCreate { netns, parent_netns, .. } => vec![netns, parent_netns],
             Self::NetnsEnter { netns, from_netns, .. } => vec![netns, from_netns],
             Self::NetnsDestroy { netns, .. } | Self::SysctlWrite { netns, .. } => vec![netns],
+            Self::DeviceMove { from_netns, to_netns, .. } => from_netns.iter_mut().chain(to_netns.iter_mut()).collect(),
+            Self::VethCreate { device, peer, .. } => {
+                device.netns.iter_mut().chain(peer.netns.iter_mut()).collect()
+            }
             Self::Lost { .. } | Self::AgentStart { .. } => vec![],
         }
     }
@@ -236,6 +293,7 @@ impl EventBody {
             | Self::NetnsEnter { actor, .. }
             | Self::NetnsDestroy { actor, .. }
             | Self::SysctlWrite { actor, .. } => Some(actor),
+            Self::DeviceMove { actor, .. } | Self::VethCreate { actor, .. } => actor.as_ref(),
             Self::Lost { .. } | Self::AgentStart { .. } => None,
         }
     }

@@ -15,7 +15,12 @@ pub struct Filter {
 }
 
 fn namespaces(record: &Value) -> impl Iterator<Item = &Value> {
-    ["netns", "parent_netns", "from_netns"].into_iter().filter_map(|k| record.get(k)).filter(|v| v.is_object())
+    let ends = ["device", "peer"].into_iter().filter_map(|k| record.get(k)?.get("netns"));
+    ["netns", "parent_netns", "from_netns", "to_netns"]
+        .into_iter()
+        .filter_map(|k| record.get(k))
+        .chain(ends)
+        .filter(|v| v.is_object())
 }
 
 impl Filter {

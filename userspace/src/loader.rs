@@ -5,7 +5,7 @@ use std::{collections::HashSet, path::PathBuf};
 
 use aya::{
     maps::Array,
-    programs::{links::CgroupAttachMode, BtfTracePoint, CgroupSysctl, ProgramError, TracePoint},
+    programs::{links::CgroupAttachMode, BtfTracePoint, CgroupSysctl, ProgramError, SocketFilter, TracePoint},
     Ebpf, EbpfLoader,
 };
 use nstrail_abi::{map_name, sysctl::SysctlRule, HOST_NETNS_COOKIE_GLOBAL, LAYOUT_GLOBAL};
@@ -15,6 +15,7 @@ use crate::{
     event::ProbeStatus,
     kernel_layout,
     policy::SysctlPolicy,
+    rtnetlink::Listener,
     sensors::{self, Hook, Probe},
     Error,
 };
@@ -39,6 +40,8 @@ impl Default for LoadOptions {
 pub struct LoadedProbes {
     pub ebpf: Ebpf,
     pub status: Vec<ProbeStatus>,
+    /// The rtnetlink listener of the device_move sensor, when it attached.
+    pub device_listener: Option<Listener>,
 }
 
 const SO_NETNS_COOKIE: libc::c_int = 71;
@@ -119,9 +122,10 @@ pub fn load(options: &LoadOptions) -> Result<LoadedProbes, Error> {
     let cgroup = cgroup2_root()?;
     let mut loaded = HashSet::new();
     let mut status = Vec::new();
+    let mut device_listener = None;
     for sensor in sensors::ALL {
         for probe in sensor.probes {
-            let result = attach(&mut ebpf, probe, &aya_btf, &cgroup, &mut loaded);
+            let result = attach(&mut ebpf, probe, &aya_btf, &cgroup, &mut loaded, &mut device_listener);
             if let Err(err) = &result {
                 log::warn!("probe {} at {} ({}) not attached: {err}", probe.program, probe.hook.describe(), sensor.name);
             }
@@ -138,7 +142,7 @@ pub fn load(options: &LoadOptions) -> Result<LoadedProbes, Error> {
         let first = status.iter().find_map(|s| s.error.clone()).unwrap_or_default();
         return Err(Error::NothingAttached(first));
     }
-    Ok(LoadedProbes { ebpf, status })
+    Ok(LoadedProbes { ebpf, status, device_listener })
 }
 
 fn install_policy(ebpf: &mut Ebpf, policy: &SysctlPolicy) -> Result<(), Error> {
@@ -165,6 +169,8 @@ pub enum AttachError {
     Program(#[from] ProgramError),
     #[error("cannot open cgroup {path}: {source}")]
     Cgroup { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the rtnetlink listener (NETLINK_LISTEN_ALL_NSID needs Linux 4.20+): {0}")]
+    Listener(std::io::Error),
 }
 
 fn attach(
@@ -173,6 +179,7 @@ fn attach(
     btf: &aya::Btf,
     cgroup: &std::path::Path,
     loaded: &mut HashSet<&'static str>,
+    device_listener: &mut Option<Listener>,
 ) -> Result<(), AttachError> {
     let program = ebpf.program_mut(probe.program).ok_or(AttachError::Missing(probe.program))?;
     let first = loaded.insert(probe.program);
@@ -199,6 +206,15 @@ fn attach(
             let dir = std::fs::File::open(cgroup)
                 .map_err(|source| AttachError::Cgroup { path: cgroup.to_path_buf(), source })?;
             prog.attach(&dir, CgroupAttachMode::Single)?;
+        }
+        Hook::RtnetlinkListener => {
+            let prog: &mut SocketFilter = program.try_into()?;
+            if first {
+                prog.load()?;
+            }
+            let listener = Listener::open().map_err(AttachError::Listener)?;
+            prog.attach(&listener)?;
+            *device_listener = Some(listener);
         }
     }
     Ok(())

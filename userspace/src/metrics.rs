@@ -61,6 +61,7 @@ pub struct Metrics {
     events: IntCounterVec,
     netns_created: IntCounterVec,
     sysctl_writes: IntCounterVec,
+    device_moves: IntCounterVec,
     lost: IntCounterVec,
     decode_errors: IntCounter,
     probes: IntGaugeVec,
@@ -112,6 +113,12 @@ impl Metrics {
                 "Writes to /proc/sys by outcome; sysctl is one of the configured net.* names or other.",
                 &["sysctl", "result"],
             ),
+            device_moves: counter_vec(
+                &r,
+                "nstrail_device_moves_total",
+                "Network devices moved between namespaces, by link kind (none for physical devices).",
+                &["kind"],
+            ),
             lost: counter_vec(&r, "nstrail_events_lost_total", "Events lost in the kernel (ring buffer full), by type.", &["type"]),
             decode_errors: counter(&r, "nstrail_decode_errors_total", "Kernel records the agent could not decode."),
             probes: gauge_vec(&r, "nstrail_probes", "Probes by state (attached, failed).", &["state"]),
@@ -129,9 +136,11 @@ impl Metrics {
             options,
         };
         // Every series a dashboard alerts on exists from the start, at zero.
-        for kind in ["netns_create", "netns_enter", "netns_destroy", "sysctl_write"] {
-            metrics.lost.with_label_values(&[kind]).inc_by(0);
+        for kind in ["netns_create", "netns_enter", "netns_destroy", "sysctl_write", "device_move", "veth_create"] {
             metrics.events.with_label_values(&[kind]).inc_by(0);
+        }
+        for kind in ["netns_create", "netns_enter", "netns_destroy", "sysctl_write", "device_actor", "device_notification"] {
+            metrics.lost.with_label_values(&[kind]).inc_by(0);
         }
         let attached = probes.iter().filter(|p| p.attached).count() as i64;
         metrics.probes.with_label_values(&["attached"]).set(attached);
@@ -148,6 +157,9 @@ impl Metrics {
             EventBody::SysctlWrite { sysctl, result, .. } => {
                 let label = if self.options.sysctl_labels.contains(sysctl) { sysctl.as_str() } else { OTHER };
                 self.sysctl_writes.with_label_values(&[label, result.as_str()]).inc();
+            }
+            EventBody::DeviceMove { device, .. } => {
+                self.device_moves.with_label_values(&[device.kind.as_deref().unwrap_or("none")]).inc();
             }
             EventBody::Lost { count, event_type } => self.lost.with_label_values(&[event_type]).inc_by(*count),
             _ => {}

@@ -10,7 +10,11 @@ const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
 /// Unique id of the namespace an nsfs path refers to.
 pub fn ns_id(path: &Path) -> std::io::Result<u64> {
-    let file = std::fs::File::open(path)?;
+    ns_id_of(&std::fs::File::open(path)?)
+}
+
+/// Unique id of the namespace behind an open nsfs file.
+pub fn ns_id_of(file: &std::fs::File) -> std::io::Result<u64> {
     let mut id: u64 = 0;
     // SAFETY: valid fd and a u64 out pointer.
     if unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_ID, &mut id) } == 0 {

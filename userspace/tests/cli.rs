@@ -274,6 +274,14 @@ fn metrics_count_known_actions_and_pass_promtool() {
         .status()
         .expect("sysctl");
     assert!(sysctl.success());
+    let veth = format!("ntm{}", std::process::id() % 100_000);
+    let added = Command::new("ip")
+        .args(["link", "add", &veth, "type", "veth", "peer", "name", &format!("{veth}p"), "netns", &ns.0])
+        .status()
+        .expect("ip link add");
+    assert!(added.success());
+    let moved = Command::new("ip").args(["link", "set", &veth, "netns", &ns.0]).status().expect("ip link set");
+    assert!(moved.success(), "the veth goes with the namespace when the test ends");
     // Let the agent see the namespace's name (mount table) and the events.
     std::thread::sleep(Duration::from_millis(800));
     let after = scrape(port);
@@ -282,6 +290,8 @@ fn metrics_count_known_actions_and_pass_promtool() {
     assert!(grew("nstrail_netns_created_total{via=\"unshare\"}") >= 4.0, "{after}");
     assert!(grew("nstrail_sysctl_writes_total{result=\"applied\",sysctl=\"net.ipv4.ip_forward\"}") >= 1.0);
     assert!(grew("nstrail_events_total{type=\"netns_destroy\"}") >= 3.0);
+    assert!(grew("nstrail_events_total{type=\"veth_create\"}") >= 1.0, "{after}");
+    assert!(grew("nstrail_device_moves_total{kind=\"veth\"}") >= 1.0, "{after}");
     assert!(value(&after, "nstrail_netns_live") >= 2.0, "host and the named namespace");
     assert!(
         after.lines().any(|l| l.starts_with("nstrail_netns_info{") && l.contains(&format!("name=\"{}\"", ns.0))),

@@ -6,6 +6,7 @@
 //! their sizes are checked at compile time so both sides agree byte for byte.
 #![no_std]
 
+pub mod device;
 pub mod layout;
 pub mod netns;
 pub mod sysctl;
@@ -21,8 +22,10 @@ pub mod event_kind {
     pub const NETNS_ENTER: u32 = 2;
     pub const NETNS_DESTROY: u32 = 3;
     pub const SYSCTL_WRITE: u32 = 4;
+    /// Who caused a link notification (see [`crate::device::LinkNotifyEvent`]).
+    pub const LINK_NOTIFY: u32 = 5;
     /// One past the largest kind: the length of the lost-events counter array.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Names of the maps the agent opens. One place, so neither side spells them twice.
@@ -113,4 +116,5 @@ mod pod {
     unsafe impl aya::Pod for super::netns::NetnsDestroyEvent {}
     unsafe impl aya::Pod for super::sysctl::SysctlWriteEvent {}
     unsafe impl aya::Pod for super::sysctl::SysctlRule {}
+    unsafe impl aya::Pod for super::device::LinkNotifyEvent {}
 }

@@ -4,6 +4,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod device_move;
+#[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -15,11 +17,11 @@ mod sysctl_write;
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        macros::{btf_tracepoint, cgroup_sysctl, tracepoint},
-        programs::{BtfTracePointContext, SysctlContext, TracePointContext},
+        macros::{btf_tracepoint, cgroup_sysctl, socket_filter, tracepoint},
+        programs::{BtfTracePointContext, SkBuffContext, SysctlContext, TracePointContext},
     };
 
-    use crate::{netns_lifecycle as lifecycle, sysctl_write};
+    use crate::{device_move, netns_lifecycle as lifecycle, sysctl_write};
 
     #[tracepoint(category = "syscalls", name = "sys_enter_unshare")]
     pub fn netns_unshare_enter(ctx: TracePointContext) -> u32 {
@@ -74,6 +76,13 @@ mod programs {
     pub fn sysctl_write_exit(ctx: TracePointContext) -> u32 {
         sysctl_write::on_write_exit(&ctx);
         0
+    }
+
+    /// Attached to the agent's rtnetlink listener: who caused each link
+    /// notification. Keeps every message.
+    #[socket_filter]
+    pub fn device_link_notify(ctx: SkBuffContext) -> i64 {
+        device_move::on_link_notification(&ctx)
     }
 }
 

@@ -49,6 +49,18 @@ pub static CLEANUP_STATE: Array<CleanupState> = Array::with_max_entries(1, 0);
 #[map]
 pub static DESTROY_REPORTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
+/// Writes an event into the ring buffer, or counts it lost.
+#[inline(always)]
+pub fn emit<T: 'static>(kind: u32, event: T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut slot) => {
+            slot.write(event);
+            slot.submit(0);
+        }
+        None => count_lost(kind),
+    }
+}
+
 pub fn count_lost(kind: u32) {
     bump(&LOST_EVENTS, kind);
 }

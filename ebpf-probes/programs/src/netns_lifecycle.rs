@@ -22,8 +22,8 @@ use crate::{
         netns_ref, read_at, task_ids, task_net, task_nsproxy, task_nsproxy_net,
     },
     maps::{
-        CLEANUP_SNAPSHOT, CLEANUP_STATE, DESTROY_REPORTED, EVENTS, MAX_WALKED_NETNS,
-        NETNS_BEFORE_SYSCALL, count_lost, count_probe_error,
+        CLEANUP_SNAPSHOT, CLEANUP_STATE, DESTROY_REPORTED, MAX_WALKED_NETNS,
+        NETNS_BEFORE_SYSCALL, count_probe_error, emit,
     },
 };
 
@@ -32,18 +32,6 @@ const CLONE_NEWNET: u64 = 0x4000_0000;
 const SYSCALL_ENTER_ARG0: usize = 16;
 /// Offset of the return value in a `syscalls/sys_exit_*` record.
 const SYSCALL_EXIT_RET: usize = 16;
-
-/// Writes an event into the ring buffer, or counts it lost.
-#[inline(always)]
-fn emit<T: 'static>(kind: u32, event: T) {
-    match EVENTS.reserve::<T>(0) {
-        Some(mut slot) => {
-            slot.write(event);
-            slot.submit(0);
-        }
-        None => count_lost(kind),
-    }
-}
 
 // ---- unshare(CLONE_NEWNET) ----------------------------------------------
 

@@ -18,6 +18,14 @@ fn ns(n: &Netns) -> String {
     format!("{}(id {})", n.inode, n.id)
 }
 
+fn maybe_ns(n: &Option<Netns>) -> String {
+    n.as_ref().map(ns).unwrap_or_else(|| "?".to_owned())
+}
+
+fn maybe_who(a: &Option<Actor>) -> String {
+    a.as_ref().map(who).unwrap_or_else(|| "?".to_owned())
+}
+
 fn who(a: &Actor) -> String {
     let tid = if a.tid != a.pid { format!("/{}", a.tid) } else { String::new() };
     format!("{}[{}{}] ppid={} uid={} cgroup={}", a.comm, a.pid, tid, a.ppid, a.uid, a.cgroup_id)
@@ -50,6 +58,30 @@ pub fn format_line(event: &Event) -> String {
             let result = result.as_str();
             format!("sysctl {sysctl}: {old} -> {new} {result}{errno} in netns {}{tcp} by {}", ns(netns), who(actor))
         }
+        EventBody::DeviceMove { device, from_netns, to_netns, actor } => {
+            let kind = device.kind.as_deref().unwrap_or("device");
+            let renamed =
+                if device.name_after != device.name { format!(" as {}", device.name_after) } else { String::new() };
+            format!(
+                "{kind} {}[{}] moved from netns {} to {}{renamed}[{}] by {}",
+                device.name,
+                device.ifindex_before,
+                maybe_ns(from_netns),
+                maybe_ns(to_netns),
+                device.ifindex_after,
+                maybe_who(actor)
+            )
+        }
+        EventBody::VethCreate { device, peer, actor } => format!(
+            "veth {}[{}] in netns {} created with peer {}[{}] in netns {} by {}",
+            device.name,
+            device.ifindex,
+            maybe_ns(&device.netns),
+            peer.name,
+            peer.ifindex,
+            maybe_ns(&peer.netns),
+            maybe_who(actor)
+        ),
         EventBody::Lost { count, event_type } => {
             format!("LOST {count} {event_type} events (kernel ring buffer full)")
         }

@@ -15,14 +15,7 @@ pub struct Device {
     pub kind: Option<String>,
 }
 
-const RTM_GETLINK: u16 = 18;
-const RTM_NEWLINK: u16 = 16;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_ERROR: u16 = 2;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
-const NLA_TYPE_MASK: u16 = 0x3fff;
+use crate::rtnetlink::{self, Link, NLMSG_DONE, NLMSG_ERROR, RTM_GETLINK, RTM_NEWLINK};
 
 /// Devices of the namespace behind an nsfs path.
 pub fn list(ns_path: &Path) -> std::io::Result<Vec<Device>> {
@@ -73,87 +66,32 @@ fn dump_links() -> std::io::Result<Vec<Device>> {
     }
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-const fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
 /// Parses one recv() worth of messages; true at the end of the dump.
-pub fn parse_messages(mut data: &[u8], devices: &mut Vec<Device>) -> std::io::Result<bool> {
-    while data.len() >= 16 {
-        let len = u32_at(data, 0) as usize;
-        let kind = u16_at(data, 4);
-        if len < 16 || len > data.len() {
-            return Err(std::io::Error::other("truncated netlink message"));
-        }
-        match kind {
+pub fn parse_messages(data: &[u8], devices: &mut Vec<Device>) -> std::io::Result<bool> {
+    for message in rtnetlink::messages(data) {
+        let message = message?;
+        match message.kind {
             NLMSG_DONE => return Ok(true),
-            NLMSG_ERROR => {
-                let errno = if len >= 20 { -(u32_at(data, 16) as i32) } else { 0 };
-                return Err(std::io::Error::from_raw_os_error(errno));
+            NLMSG_ERROR => return Err(std::io::Error::from_raw_os_error(rtnetlink::error_of(&message))),
+            RTM_NEWLINK => {
+                if let Some(link) = Link::parse(message.payload) {
+                    devices.push(Device { name: link.name, ifindex: link.ifindex as u32, kind: link.kind });
+                }
             }
-            RTM_NEWLINK if len >= 32 => devices.push(parse_link(&data[16..len])),
             _ => {}
         }
-        data = &data[align4(len).min(data.len())..];
     }
     Ok(false)
-}
-
-/// An ifinfomsg and its attributes.
-fn parse_link(msg: &[u8]) -> Device {
-    let ifindex = u32_at(msg, 4);
-    let mut device = Device { name: String::new(), ifindex, kind: None };
-    for (kind, value) in attributes(&msg[16..]) {
-        match kind {
-            IFLA_IFNAME => device.name = c_string(value),
-            IFLA_LINKINFO => {
-                device.kind = attributes(value).find(|(k, _)| *k == IFLA_INFO_KIND).map(|(_, v)| c_string(v));
-            }
-            _ => {}
-        }
-    }
-    device
-}
-
-fn c_string(value: &[u8]) -> String {
-    let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
-    String::from_utf8_lossy(&value[..end]).into_owned()
-}
-
-fn attributes(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if data.len() < 4 {
-            return None;
-        }
-        let len = u16_at(data, 0) as usize;
-        if len < 4 || len > data.len() {
-            return None;
-        }
-        let item = (u16_at(data, 2) & NLA_TYPE_MASK, &data[4..len]);
-        data = &data[align4(len).min(data.len())..];
-        Some(item)
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(value);
-        out.resize(align4(out.len()), 0);
-        out
+    use crate::rtnetlink::tests::link_message;
+
+    fn link(ifindex: u32, name: &str, kind: Option<&str>) -> Vec<u8> {
+        link_message(RTM_NEWLINK, ifindex as i32, 0, name, &[], kind)
     }
 
     fn message(kind: u16, body: &[u8]) -> Vec<u8> {
@@ -163,16 +101,6 @@ mod tests {
         out.extend_from_slice(&[0; 10]);
         out.extend_from_slice(body);
         out
-    }
-
-    fn link(ifindex: u32, name: &str, kind: Option<&str>) -> Vec<u8> {
-        let mut body = vec![0u8; 16];
-        body[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-        body.extend(attr(IFLA_IFNAME, format!("{name}\0").as_bytes()));
-        if let Some(kind) = kind {
-            body.extend(attr(IFLA_LINKINFO, &attr(IFLA_INFO_KIND, kind.as_bytes())));
-        }
-        message(RTM_NEWLINK, &body)
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Sensors: one module per hook family, each naming its kernel programs and
 //! where they attach. The loader attaches them all and reports each one.
 
+pub mod device_move;
 pub mod netns_lifecycle;
 pub mod sysctl_write;
 
@@ -14,6 +15,9 @@ pub enum Hook {
     /// `cgroup/sysctl` on the root of the cgroup2 hierarchy (through a
     /// bpf_link, so other agents' programs there keep running).
     CgroupSysctl,
+    /// A socket filter on the agent's rtnetlink listener (one socket, made
+    /// by the loader; see `device_move`).
+    RtnetlinkListener,
 }
 
 impl Hook {
@@ -23,6 +27,7 @@ impl Hook {
             Hook::Tracepoint { category, name } => format!("{category}/{name}"),
             Hook::BtfTracepoint { name } => format!("tp_btf/{name}"),
             Hook::CgroupSysctl => "cgroup/sysctl".to_owned(),
+            Hook::RtnetlinkListener => "socket_filter/rtnetlink_listener".to_owned(),
         }
     }
 }
@@ -44,4 +49,4 @@ pub struct Sensor {
 }
 
 /// Every sensor the agent runs.
-pub const ALL: &[Sensor] = &[netns_lifecycle::SENSOR, sysctl_write::SENSOR];
+pub const ALL: &[Sensor] = &[netns_lifecycle::SENSOR, sysctl_write::SENSOR, device_move::SENSOR];

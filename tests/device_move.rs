@@ -1,0 +1,212 @@
+//! Devices crossing namespaces, end to end: real veth pairs moved by `ip`
+//! and by a raw rtnetlink client, and the exact events each must produce.
+
+use std::time::Duration;
+
+use nstrail::event::{Event, EventBody, MovedDevice, Netns, VethEnd};
+use nstrail_tests::{field, ifindex, run, run_ok, HostVeth, NamedNetns, NetnsIdentity, TestAgent};
+
+const WAIT: Duration = Duration::from_secs(20);
+/// How long to keep listening for stray or duplicate events after the expected ones.
+const SETTLE: Duration = Duration::from_millis(700);
+
+fn netns(identity: NetnsIdentity) -> Netns {
+    Netns::new(identity.inode, identity.id)
+}
+
+/// A namespace made by `ip netns add` whose create the agent has reported
+/// (so it has given it an nsid, as it does for every namespace it sees).
+fn seen_netns(agent: &mut TestAgent, tag: &str) -> NamedNetns {
+    let (ns, ran) = NamedNetns::add(tag);
+    agent.wait_until(WAIT, "netns_create by ip netns add", |log| {
+        !log.by_pid_of_type(ran.pid, "netns_create").is_empty()
+    });
+    ns
+}
+
+/// The one event of `type_name` whose actor is `pid`; panics unless exactly one.
+fn only_event(agent: &mut TestAgent, pid: u32, type_name: &str) -> Event {
+    agent.wait_until(WAIT, &format!("{type_name} by pid {pid}"), |log| !log.by_pid_of_type(pid, type_name).is_empty());
+    agent.settle(SETTLE);
+    let events = agent.log.by_pid_of_type(pid, type_name);
+    assert_eq!(events.len(), 1, "expected one {type_name} by pid {pid}; events:\n{}", agent.log.dump());
+    events[0].clone()
+}
+
+/// Checks a device_move event field by field.
+fn assert_move(event: &Event, device: MovedDevice, from: NetnsIdentity, to: NetnsIdentity, pid: u32, comm: &str) {
+    let EventBody::DeviceMove { device: seen, from_netns, to_netns, actor } = &event.body else {
+        panic!("not a device_move: {event:?}")
+    };
+    assert_eq!(*seen, device);
+    assert_eq!(from_netns.clone(), Some(netns(from)));
+    assert_eq!(to_netns.clone(), Some(netns(to)));
+    let actor = actor.as_ref().expect("the actor is recorded");
+    assert_eq!((actor.pid, actor.comm.as_str(), actor.uid), (pid, comm, 0));
+}
+
+fn moved_device(event: &Event) -> Option<&String> {
+    match &event.body {
+        EventBody::DeviceMove { device, .. } => Some(&device.name),
+        _ => None,
+    }
+}
+
+fn veth(name: &str, before: u32, after: u32) -> MovedDevice {
+    MovedDevice {
+        name: name.to_owned(),
+        kind: Some("veth".into()),
+        ifindex_before: before,
+        ifindex_after: after,
+        name_after: name.to_owned(),
+    }
+}
+
+#[test]
+fn ip_link_set_netns_moves_from_host() {
+    let host = NetnsIdentity::of_self();
+    let mut agent = TestAgent::start();
+    // Not waited for: a move from the host gives the namespace an nsid itself.
+    let (ns, _) = NamedNetns::add("mvhost");
+    let pair = HostVeth::add();
+    let before = ifindex(None, &pair.name);
+
+    let ran = run_ok("ip", &["link", "set", &pair.name, "netns", &ns.name]);
+    let event = only_event(&mut agent, ran.pid, "device_move");
+    let after = ifindex(Some(&ns.name), &pair.name);
+    assert_move(&event, veth(&pair.name, before, after), host, ns.identity(), ran.pid, "ip");
+    let json = serde_json::to_value(&event).unwrap();
+    assert_eq!(json["device"]["kind"], "veth");
+    assert_eq!(json["to_netns"]["id"], ns.identity().id);
+}
+
+#[test]
+fn ip_n_a_link_set_netns_b_moves_between_namespaces() {
+    let mut agent = TestAgent::start();
+    let a = seen_netns(&mut agent, "mva");
+    let b = seen_netns(&mut agent, "mvb");
+    let pair = HostVeth::add();
+    let first = run_ok("ip", &["link", "set", &pair.name, "netns", &a.name]);
+    only_event(&mut agent, first.pid, "device_move");
+    let before = ifindex(Some(&a.name), &pair.name);
+
+    let ran = run_ok("ip", &["-n", &a.name, "link", "set", &pair.name, "netns", &b.name]);
+    let event = only_event(&mut agent, ran.pid, "device_move");
+    let after = ifindex(Some(&b.name), &pair.name);
+    assert_move(&event, veth(&pair.name, before, after), a.identity(), b.identity(), ran.pid, "ip");
+    // Tests run side by side: count only this device's moves.
+    let moves_of_ours = agent.log.of_type("device_move").filter(|e| moved_device(e) == Some(&pair.name)).count();
+    assert_eq!(moves_of_ours, 2, "{}", agent.log.dump());
+}
+
+#[test]
+fn veth_created_with_its_peer_in_another_namespace() {
+    let host = NetnsIdentity::of_self();
+    let mut agent = TestAgent::start();
+    let (ns, _) = NamedNetns::add("vcreate");
+    let (name, peer) = HostVeth::unique_names();
+    let _guard = HostVeth { name: name.clone(), peer: peer.clone() };
+
+    let ran = run_ok("ip", &["link", "add", &name, "type", "veth", "peer", "name", &peer, "netns", &ns.name]);
+    let event = only_event(&mut agent, ran.pid, "veth_create");
+    let EventBody::VethCreate { device, peer: peer_end, actor } = &event.body else { unreachable!() };
+    assert_eq!(*device, VethEnd { name: name.clone(), ifindex: ifindex(None, &name), netns: Some(netns(host)) });
+    assert_eq!(
+        *peer_end,
+        VethEnd { name: peer.clone(), ifindex: ifindex(Some(&ns.name), &peer), netns: Some(netns(ns.identity())) }
+    );
+    let actor = actor.as_ref().expect("actor");
+    assert_eq!((actor.pid, actor.comm.as_str()), (ran.pid, "ip"));
+    assert!(agent.log.by_pid_of_type(ran.pid, "device_move").is_empty(), "a create is not a move");
+
+    // Both ends in one namespace is no cross-namespace create.
+    let local = HostVeth::add();
+    agent.settle(SETTLE);
+    let of_local = agent.log.of_type("veth_create").filter(|e| {
+        matches!(&e.body, EventBody::VethCreate { device, peer, .. } if device.name == local.name || peer.name == local.name)
+    });
+    assert_eq!(of_local.count(), 0, "{}", agent.log.dump());
+}
+
+#[test]
+fn veth_created_between_two_other_namespaces() {
+    let mut agent = TestAgent::start();
+    let a = seen_netns(&mut agent, "vca");
+    let b = seen_netns(&mut agent, "vcb");
+    let (name, peer) = HostVeth::unique_names();
+    let ran = run_ok("ip", &["-n", &a.name, "link", "add", &name, "type", "veth", "peer", "name", &peer, "netns", &b.name]);
+    let event = only_event(&mut agent, ran.pid, "veth_create");
+    let EventBody::VethCreate { device, peer: peer_end, .. } = &event.body else { unreachable!() };
+    assert_eq!(*device, VethEnd { name: name.clone(), ifindex: ifindex(Some(&a.name), &name), netns: Some(netns(a.identity())) });
+    assert_eq!(*peer_end, VethEnd { name: peer.clone(), ifindex: ifindex(Some(&b.name), &peer), netns: Some(netns(b.identity())) });
+}
+
+#[test]
+fn a_move_refused_for_a_name_clash_is_not_reported() {
+    let mut agent = TestAgent::start();
+    let ns = seen_netns(&mut agent, "clash");
+    let pair = HostVeth::add();
+    // The namespace already has a device with that name.
+    run_ok("ip", &["-n", &ns.name, "link", "add", &pair.name, "type", "veth", "peer", "name", "clashpeer"]);
+
+    let before = ifindex(None, &pair.name);
+    let ran = run("ip", &["link", "set", &pair.name, "netns", &ns.name]);
+    assert!(!ran.success, "the kernel refuses the move");
+    // A successful move afterwards proves the agent was listening.
+    let ok = run_ok("ip", &["link", "set", &pair.peer, "netns", &ns.name]);
+    only_event(&mut agent, ok.pid, "device_move");
+    assert!(agent.log.by_pid(ran.pid).iter().all(|e| e.body.type_name() != "device_move"), "{}", agent.log.dump());
+    assert_eq!(ifindex(None, &pair.name), before, "the refused device is still in the host");
+}
+
+#[test]
+fn a_raw_rtnetlink_client_moving_with_sendto_is_the_actor() {
+    let host = NetnsIdentity::of_self();
+    let mut agent = TestAgent::start();
+    let ns = seen_netns(&mut agent, "sendto");
+    let pair = HostVeth::add();
+    let before = ifindex(None, &pair.name);
+
+    let ran = run_ok(env!("CARGO_BIN_EXE_netns-helper"), &["move-link", &pair.name, &ns.path().to_string_lossy()]);
+    assert_eq!(field(&ran.stdout, "errno"), 0, "the helper's move succeeded");
+    let tid = field(&ran.stdout, "tid") as u32;
+    let event = only_event(&mut agent, ran.pid, "device_move");
+    let after = ifindex(Some(&ns.name), &pair.name);
+    assert_move(&event, veth(&pair.name, before, after), host, ns.identity(), ran.pid, "netns-helper");
+    let EventBody::DeviceMove { actor: Some(actor), .. } = &event.body else { unreachable!() };
+    assert_eq!(actor.tid, tid, "the thread that sent the request");
+    assert_ne!(actor.tid, actor.pid);
+}
+
+#[test]
+fn one_hundred_veth_pairs_moved_into_one_hundred_namespaces() {
+    const PAIRS: usize = 100;
+    let mut agent = TestAgent::start();
+    let mut namespaces = Vec::new();
+    let mut pairs = Vec::new();
+    let mut movers = Vec::new();
+    for _ in 0..PAIRS {
+        let (ns, _) = NamedNetns::add("hundred");
+        let pair = HostVeth::add();
+        movers.push(run_ok("ip", &["link", "set", &pair.peer, "netns", &ns.name]).pid);
+        namespaces.push(ns);
+        pairs.push(pair);
+    }
+    // Tests run side by side: count only moves of this test's devices.
+    let ours: std::collections::HashSet<String> = pairs.iter().map(|p| p.peer.clone()).collect();
+    let count_ours = |log: &nstrail_tests::EventLog| {
+        log.of_type("device_move").filter(|e| moved_device(e).is_some_and(|n| ours.contains(n))).count()
+    };
+    agent.wait_until(WAIT, "100 device_move events", |log| count_ours(log) >= PAIRS);
+    agent.settle(SETTLE);
+    assert_eq!(count_ours(&agent.log), PAIRS, "{}", agent.log.dump());
+    for ((ns, pair), pid) in namespaces.iter().zip(&pairs).zip(&movers) {
+        let found: Vec<_> = agent.log.by_pid_of_type(*pid, "device_move");
+        assert_eq!(found.len(), 1, "one move by {pid}");
+        let EventBody::DeviceMove { device, to_netns, .. } = &found[0].body else { unreachable!() };
+        assert_eq!(device.name, pair.peer);
+        assert_eq!(to_netns.clone(), Some(netns(ns.identity())));
+    }
+    let summary = agent.stop();
+    assert_eq!((summary.lost, agent.log.lost()), (0, 0), "nothing lost: {summary:?}");
+}
