@@ -179,6 +179,33 @@ fn a_raw_rtnetlink_client_moving_with_sendto_is_the_actor() {
 }
 
 #[test]
+fn a_thread_switched_into_a_namespace_moves_a_device_back_to_the_host() {
+    // What the CNI host-device plugin does on DEL: a thread of the plugin
+    // enters the container's namespace and sends the device home.
+    let host = NetnsIdentity::of_self();
+    let mut agent = TestAgent::start();
+    let ns = seen_netns(&mut agent, "home");
+    let pair = HostVeth::add();
+    run_ok("ip", &["link", "set", &pair.name, "netns", &ns.name]);
+    let before = ifindex(Some(&ns.name), &pair.name);
+
+    let home = format!("/proc/{}/ns/net", std::process::id());
+    let ran = run_ok(
+        env!("CARGO_BIN_EXE_netns-helper"),
+        &["move-link", &pair.name, &home, &ns.path().to_string_lossy()],
+    );
+    assert_eq!(field(&ran.stdout, "errno"), 0, "the helper's move succeeded");
+    let event = only_event(&mut agent, ran.pid, "device_move");
+    assert_move(&event, veth(&pair.name, before, ifindex(None, &pair.name)), ns.identity(), host, ran.pid, "netns-helper");
+    let EventBody::DeviceMove { actor: Some(actor), .. } = &event.body else { unreachable!() };
+    assert_eq!(actor.tid as u64, field(&ran.stdout, "tid"));
+    // The same thread's entry into the namespace is its own event.
+    let enters = agent.log.by_pid_of_type(ran.pid, "netns_enter");
+    assert_eq!(enters.len(), 1, "{}", agent.log.dump());
+    assert_eq!(enters[0].body.netns().map(|n| n.id), Some(ns.identity().id));
+}
+
+#[test]
 fn one_hundred_veth_pairs_moved_into_one_hundred_namespaces() {
     const PAIRS: usize = 100;
     let mut agent = TestAgent::start();

@@ -8,9 +8,11 @@
 //!   netns-helper tcp-listen        hold a listening TCP socket until stdin closes
 //!   netns-helper hold-fd PATH      keep PATH (an nsfs file) open until stdin closes
 //!   netns-helper hold-many N       make N namespaces, each kept only by an open fd, until stdin closes
-//!   netns-helper move-link DEV PATH  move device DEV into the namespace at PATH with one
+//!   netns-helper move-link DEV PATH [FROM]
+//!                                  move device DEV into the namespace at PATH with one
 //!                                  rtnetlink RTM_NEWLINK sent by sendto(2) from a second
-//!                                  thread, as Go netlink libraries do; prints the errno
+//!                                  thread, as Go netlink libraries do (that thread first
+//!                                  enters the namespace at FROM, as CNI plugins do); prints the errno
 
 use std::{os::fd::AsRawFd, process::ExitCode};
 
@@ -152,15 +154,23 @@ fn hold_many(count: usize) {
 
 /// RTM_NEWLINK { ifinfomsg, IFLA_IFNAME = DEV, IFLA_NET_NS_FD = fd } with
 /// NLM_F_ACK, sent with sendto(2); returns the acknowledgement's errno.
-fn move_link(device: &str, path: &str) {
+fn move_link(device: &str, path: &str, from: Option<&str>) {
     const RTM_NEWLINK: u16 = 16;
     const NLMSG_ERROR: u16 = 2;
     const IFLA_IFNAME: u16 = 3;
     const IFLA_NET_NS_FD: u16 = 28;
     let ns = std::fs::File::open(path).unwrap_or_else(|_| fail("open namespace"));
+    let from = from.map(|f| std::fs::File::open(f).unwrap_or_else(|_| fail("open source namespace")));
+    let from_fd = from.as_ref().map(|f| f.as_raw_fd());
     let device = device.to_owned();
     let ns_fd = ns.as_raw_fd() as u32;
     let line = std::thread::spawn(move || {
+        if let Some(fd) = from_fd {
+            // SAFETY: fd stays open (owned by `from`) until the thread is joined.
+            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                fail("setns");
+            }
+        }
         fn attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
             out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
             out.extend_from_slice(&kind.to_ne_bytes());
@@ -210,7 +220,7 @@ fn move_link(device: &str, path: &str) {
     })
     .join()
     .expect("thread");
-    drop(ns);
+    drop((ns, from));
     println!("{line}");
 }
 
@@ -224,9 +234,10 @@ fn main() -> ExitCode {
         ["hold-fd", path] => hold_fd(path),
         ["hold-many", n] => hold_many(n.parse().unwrap_or_else(|_| fail("hold-many takes a count"))),
         ["churn", n] => churn(n.parse().unwrap_or_else(|_| fail("churn takes a count"))),
-        ["move-link", device, path] => move_link(device, path),
+        ["move-link", device, path] => move_link(device, path, None),
+        ["move-link", device, path, from] => move_link(device, path, Some(from)),
         _ => {
-            eprintln!("usage: netns-helper clone | clone3 | setns-thread PATH | churn N | tcp-listen | hold-fd PATH | hold-many N | move-link DEV PATH");
+            eprintln!("usage: netns-helper clone | clone3 | setns-thread PATH | churn N | tcp-listen | hold-fd PATH | hold-many N | move-link DEV PATH [FROM]");
             return ExitCode::from(2);
         }
     }

@@ -243,8 +243,14 @@ impl Agent {
     ) -> Result<(), Error> {
         let Some(moves) = self.device_moves.clone() else { return Ok(()) };
         let mut ready = Vec::new();
+        let mut overrun_at = None;
         loop {
             match listener.recv() {
+                Ok(Some(datagram)) if datagram.truncated => {
+                    summary.decode_errors += 1;
+                    out.metrics.decode_error();
+                    log::error!("dropping an rtnetlink datagram larger than the listener's buffer");
+                }
                 Ok(Some(datagram)) => {
                     // The kernel side recorded this datagram's actors before
                     // queueing it: take them from the ring buffer first.
@@ -258,11 +264,18 @@ impl Agent {
                 }
                 Ok(None) => break,
                 Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => {
-                    // Counted as lost once their orphaned actor records expire.
                     log::warn!("rtnetlink listener overrun: device notifications were dropped");
+                    overrun_at = Some(std::time::Instant::now());
                 }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(Error::Io(err)),
             }
+        }
+        if let Some(at) = overrun_at {
+            // Read empty now: actors from before the overrun that found no
+            // message are the dropped notifications (reported as lost).
+            self.pump(out, summary)?;
+            moves.lock().expect("device moves lock").overrun(at);
         }
         self.send_device_events(ready, out, summary)
     }

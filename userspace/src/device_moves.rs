@@ -24,7 +24,7 @@ use crate::{
     correlate,
     event::{Actor, EventBody, MovedDevice, Netns, VethEnd},
     nsid::NsidMap,
-    rtnetlink::{self, Link, IFI_CHANGE_ALL, RTM_DELLINK, RTM_DELNSID, RTM_NEWLINK},
+    rtnetlink::{self, Link, IFI_CHANGE_ALL, RTM_DELLINK, RTM_DELNSID, RTM_NEWLINK, RTM_NEWNSID},
 };
 
 /// How long a move's RTM_DELLINK waits for its RTM_NEWLINK, which only
@@ -33,6 +33,8 @@ const MOVE_WAIT: Duration = Duration::from_millis(200);
 /// Actor records without a message after this long belong to notifications
 /// the socket dropped.
 const ACTOR_KEEP: Duration = Duration::from_secs(5);
+/// Longest the agent spends asking namespaces for a move's lost destination.
+const FIND_DESTINATION_BUDGET: Duration = Duration::from_millis(50);
 /// Recent device appearances kept to find a veth's peer.
 const RECENT_KEEP: usize = 256;
 
@@ -111,11 +113,21 @@ impl DeviceMoves {
 
     /// A namespace was reported destroyed by `actor_tid` (a kernel worker).
     pub fn netns_destroyed(&mut self, actor_tid: u32, netns: &Netns) {
-        self.nsids.forget_netns(netns.id);
+        self.nsids.netns_destroyed(netns.id);
         self.destroyed.push_back((actor_tid, now_boot_ns(), netns.clone()));
         while self.destroyed.len() > RECENT_KEEP {
             self.destroyed.pop_front();
         }
+    }
+
+    /// The listener's socket overflowed at `at` and has been read empty
+    /// since: actor records from before then that found no message belong
+    /// to dropped notifications, and the nsid map may have missed changes.
+    pub fn overrun(&mut self, at: Instant) {
+        let before = self.actors.len();
+        self.actors.retain(|(seen, _)| *seen > at);
+        self.unmatched += (before - self.actors.len()) as u64;
+        self.nsids.resync();
     }
 
     /// Notifications dropped since the last call (their actors never
@@ -129,36 +141,46 @@ impl DeviceMoves {
         self.moving.front().map(|m| m.deadline)
     }
 
-    /// Takes the actor record of one message: same type, device and length.
-    fn take_actor(&mut self, kind: u16, len: u32, ifindex: i32) -> Option<LinkNotifyEvent> {
-        let at = self
-            .actors
-            .iter()
-            .position(|(_, a)| a.nlmsg_type == kind && a.nlmsg_len == len && a.ifindex == ifindex)?;
+    /// Takes the actor record of one message: same type, device, name and length.
+    fn take_actor(&mut self, kind: u16, len: u32, link: &Link) -> Option<LinkNotifyEvent> {
+        let same_name = |a: &LinkNotifyEvent| {
+            let end = a.ifname.iter().position(|b| *b == 0).unwrap_or(a.ifname.len());
+            end == 0 || a.ifname[..end] == *link.name.as_bytes()
+        };
+        let at = self.actors.iter().position(|(_, a)| {
+            a.nlmsg_type == kind && a.nlmsg_len == len && a.ifindex == link.ifindex && same_name(a)
+        })?;
         // Records older than the matched one lost their message.
         let stale = self.actors.iter().take(at).filter(|(seen, _)| seen.elapsed() > ACTOR_KEEP).count();
         if stale > 0 {
             self.unmatched += stale as u64;
             self.actors.retain(|(seen, _)| seen.elapsed() <= ACTOR_KEEP);
-            return self.take_actor(kind, len, ifindex);
+            return self.take_actor(kind, len, link);
         }
         self.actors.remove(at).map(|(_, a)| a)
     }
 
     /// Handles one datagram of the listener.
     pub fn datagram(&mut self, nsid: Option<i32>, data: &[u8], out: &mut Vec<DeviceEvent>) -> std::io::Result<()> {
+        let nsid = self.nsids.normalize(nsid);
         for message in rtnetlink::messages(data) {
             let message = message?;
             match message.kind {
                 RTM_DELNSID if nsid.is_none() => {
                     if let Some(gone) = rtnetlink::nsid_of(message.payload) {
                         self.finish_moves_from(gone, out);
-                        self.nsids.forget_nsid(gone);
+                        self.recent.retain(|r| r.nsid != Some(gone));
+                        self.nsids.nsid_deleted(gone);
+                    }
+                }
+                RTM_NEWNSID if nsid.is_none() => {
+                    if let Some(new) = rtnetlink::nsid_of(message.payload) {
+                        self.nsids.nsid_created(new);
                     }
                 }
                 RTM_NEWLINK | RTM_DELLINK => {
                     let Some(link) = Link::parse(message.payload) else { continue };
-                    let actor = self.take_actor(message.kind, message.len, link.ifindex);
+                    let actor = self.take_actor(message.kind, message.len, &link);
                     let boot_ns = actor.map(|a| a.header.boot_ns).unwrap_or_else(now_boot_ns);
                     let notice = Notice { nsid, link, actor, boot_ns };
                     if message.kind == RTM_DELLINK {
@@ -197,6 +219,8 @@ impl DeviceMoves {
         let arrived = self.moving.iter().position(|m| {
             m.notice.link.new_ifindex == Some(notice.link.ifindex)
                 && m.notice.nsid != notice.nsid
+                // From the agent's namespace, IFLA_NEW_NETNSID is one of its own nsids.
+                && (m.notice.nsid.is_some() || m.notice.link.new_netnsid == notice.nsid)
                 && (m.notice.pid().is_none() || notice.pid().is_none() || m.notice.pid() == notice.pid())
         });
         if let Some(at) = arrived {
@@ -224,6 +248,7 @@ impl DeviceMoves {
         let peer_notice = self.recent.iter().rev().find(|r| {
             r.link.ifindex == peer_ifindex
                 && r.nsid != notice.nsid
+                && (notice.nsid.is_some() || r.nsid == link.link_netnsid)
                 && r.link.kind.as_deref() == Some("veth")
                 && (r.pid().is_none() || notice.pid().is_none() || r.pid() == notice.pid())
         });
@@ -324,7 +349,12 @@ impl DeviceMoves {
         let candidates: Vec<(i32, Netns)> =
             self.nsids.known().filter(|(nsid, _)| Some(*nsid) != notice.nsid).map(|(k, v)| (k, v.clone())).collect();
         let mut found = None;
+        let budget = Instant::now() + FIND_DESTINATION_BUDGET;
         for (nsid, netns) in candidates {
+            if Instant::now() > budget {
+                log::debug!("gave up looking for the destination of {} after {FIND_DESTINATION_BUDGET:?}", notice.link.name);
+                return None;
+            }
             let Ok(Some(link)) = self.nsids.requests().link_in(nsid, ifindex) else { continue };
             if link.name == notice.link.name && link.kind == notice.link.kind {
                 if found.is_some() {
@@ -456,6 +486,51 @@ mod tests {
         assert_eq!((device.ifindex_after, device.name_after.as_str()), (12, "eth9"));
         assert_eq!(from_netns.as_ref().unwrap().id, 101);
         assert_eq!(*to_netns, None, "no namespace has that device");
+    }
+
+    #[test]
+    fn a_reused_nsid_names_its_new_holder_only_after_the_old_one_is_deleted() {
+        let mut moves = moves();
+        let mut out = Vec::new();
+        // The kernel freed 9001 and gave it to a new namespace; the agent
+        // learned that before reading the old holder's last messages.
+        moves.nsids().insert(9001, Netns::new(4026532003, 103));
+        let out_of_old = link_message(RTM_DELLINK, 7, IFI_CHANGE_ALL, "eth9", &[(IFLA_NEW_NETNSID, 5), (IFLA_NEW_IFINDEX, 7)], Some("veth"));
+        notify(&mut moves, Some(9001), out_of_old, 40, &mut out);
+        notify(&mut moves, Some(9002), link_message(RTM_NEWLINK, 7, IFI_CHANGE_ALL, "eth9", &[], Some("veth")), 40, &mut out);
+        let EventBody::DeviceMove { from_netns, .. } = &out[0].body else { panic!("{out:?}") };
+        assert_eq!(from_netns.as_ref().unwrap().id, 101, "the old holder");
+        let mut delnsid = vec![0u8; 4];
+        delnsid.extend_from_slice(&8u16.to_ne_bytes());
+        delnsid.extend_from_slice(&1u16.to_ne_bytes());
+        delnsid.extend_from_slice(&9001i32.to_ne_bytes());
+        let mut message = Vec::new();
+        message.extend_from_slice(&((16 + delnsid.len()) as u32).to_ne_bytes());
+        message.extend_from_slice(&RTM_DELNSID.to_ne_bytes());
+        message.extend_from_slice(&[0; 10]);
+        message.extend_from_slice(&delnsid);
+        moves.datagram(None, &message, &mut out).unwrap();
+        assert_eq!(moves.nsids().get(Some(9001)).map(|n| n.id), Some(103), "the new holder");
+    }
+
+    #[test]
+    fn actors_are_told_apart_by_device_name() {
+        let mut moves = moves();
+        let mut out = Vec::new();
+        // Two namespaces, each with a new device of ifindex 2 and the same message length.
+        let second = link_message(RTM_NEWLINK, 2, IFI_CHANGE_ALL, "bbbb", &[(IFLA_LINK, 9), (IFLA_LINK_NETNSID, 0)], Some("veth"));
+        for (pid, name) in [(61, "aaaa"), (62, "bbbb")] {
+            let mut record =
+                LinkNotifyEvent { nlmsg_type: RTM_NEWLINK, ifindex: 2, nlmsg_len: second.len() as u32, ..Default::default() };
+            record.actor.pid = pid;
+            record.ifname[..4].copy_from_slice(name.as_bytes());
+            moves.actor_seen(record);
+        }
+        moves.datagram(Some(9002), &second, &mut out).unwrap();
+        let EventBody::VethCreate { actor, .. } = &out[0].body else { panic!("{out:?}") };
+        assert_eq!(actor.as_ref().map(|a| a.pid), Some(62));
+        assert_eq!(moves.actors.len(), 1);
+        assert_eq!(moves.actors[0].1.actor.pid, 61);
     }
 
     #[test]

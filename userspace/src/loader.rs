@@ -169,7 +169,7 @@ pub enum AttachError {
     Program(#[from] ProgramError),
     #[error("cannot open cgroup {path}: {source}")]
     Cgroup { path: PathBuf, source: std::io::Error },
-    #[error("cannot open the rtnetlink listener (NETLINK_LISTEN_ALL_NSID needs Linux 4.20+): {0}")]
+    #[error("cannot open the rtnetlink listener (NETLINK_LISTEN_ALL_NSID, Linux 4.2+; moves report IFLA_NEW_IFINDEX from 4.16): {0}")]
     Listener(std::io::Error),
 }
 

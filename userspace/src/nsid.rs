@@ -25,30 +25,53 @@ use crate::{
 /// Bind-mount directories looked at for a namespace whose creator is gone.
 const NAMED_NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
 /// A full /proc rescan for an unknown nsid happens at most this often.
-const RESCAN_AT_MOST_EVERY: Duration = Duration::from_millis(500);
+const RESCAN_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 
 /// Both directions between nsids (of the agent's namespace) and namespaces.
+///
+/// The kernel reuses a freed nsid at once, while notifications tagged with
+/// it by its previous holder may still wait in the listener's queue, ahead
+/// of the RTM_DELNSID that freed it. So the map changes in the listener's
+/// order: a holder is dropped when RTM_DELNSID is read, and a new holder of
+/// an nsid still mapped waits in `pending` until then.
 pub struct NsidMap {
     /// The agent's own namespace: notifications without an nsid are about it.
     own: Netns,
+    /// The nsid the agent's namespace has for itself, if someone gave it one.
+    own_nsid: Option<i32>,
     by_nsid: HashMap<i32, Netns>,
     by_id: HashMap<u64, i32>,
+    pending: HashMap<i32, Netns>,
     requests: Requests,
     last_rescan: Option<Instant>,
-    /// Namespaces the agent failed to give an nsid (logged once each).
+    rescan_enabled: bool,
+    /// Namespaces the agent failed to give an nsid (logged once each, not retried).
     failed: HashMap<u64, String>,
 }
 
 impl NsidMap {
     pub fn new(own: Netns) -> std::io::Result<Self> {
+        let mut requests = Requests::open()?;
+        let own_nsid = std::fs::File::open("/proc/thread-self/ns/net")
+            .ok()
+            .and_then(|f| requests.nsid_of_fd(f.as_raw_fd()).ok().flatten());
         Ok(Self {
             own,
+            own_nsid,
             by_nsid: HashMap::new(),
             by_id: HashMap::new(),
-            requests: Requests::open()?,
+            pending: HashMap::new(),
+            requests,
             last_rescan: None,
+            rescan_enabled: true,
             failed: HashMap::new(),
         })
+    }
+
+    /// The nsid a listener datagram carries, with the agent's own namespace
+    /// (no nsid, its own nsid, or a negative value) as `None`.
+    pub fn normalize(&self, nsid: Option<i32>) -> Option<i32> {
+        nsid.filter(|n| *n >= 0 && Some(*n) != self.own_nsid)
     }
 
     pub fn own(&self) -> &Netns {
@@ -99,7 +122,7 @@ impl NsidMap {
 
     /// Gives every namespace in /proc an nsid, unless that was done very recently.
     pub fn rescan_if_due(&mut self) {
-        if self.last_rescan.is_none_or(|at| at.elapsed() >= RESCAN_AT_MOST_EVERY) {
+        if self.rescan_enabled && self.last_rescan.is_none_or(|at| at.elapsed() >= RESCAN_AT_MOST_EVERY) {
             self.last_rescan = Some(Instant::now());
             self.assign_scanned(&scan::scan());
         }
@@ -109,7 +132,7 @@ impl NsidMap {
     pub fn assign_scanned(&mut self, scan: &Scan) {
         for observed in scan.namespaces.values() {
             let (Some(id), Some(path)) = (observed.id, &observed.path) else { continue };
-            if id == self.own.id || self.by_id.contains_key(&id) {
+            if id == self.own.id || self.by_id.contains_key(&id) || self.failed.contains_key(&id) {
                 continue;
             }
             self.assign(path, &Netns::new(observed.inode, id));
@@ -138,25 +161,55 @@ impl NsidMap {
         log::debug!("netns {} gone or unreachable before it could get an nsid", netns.id);
     }
 
-    /// Records a known pairing (tests).
+    /// Records a known pairing without asking the kernel, and no rescans (tests).
     #[cfg(test)]
     pub fn insert(&mut self, nsid: i32, netns: Netns) {
-        self.by_id.insert(netns.id, nsid);
-        self.by_nsid.insert(nsid, netns);
+        self.rescan_enabled = false;
+        self.record(nsid, netns);
     }
 
-    /// A namespace is gone: the kernel dropped its nsid.
-    pub fn forget_netns(&mut self, id: u64) {
-        if let Some(nsid) = self.by_id.remove(&id) {
-            self.by_nsid.remove(&nsid);
-        }
+    /// A namespace was destroyed; its nsid goes when RTM_DELNSID is read.
+    pub fn netns_destroyed(&mut self, id: u64) {
         self.failed.remove(&id);
     }
 
-    /// RTM_DELNSID: the nsid may be reused for another namespace.
-    pub fn forget_nsid(&mut self, nsid: i32) {
+    /// RTM_DELNSID read: the holder is gone, a waiting new holder takes over.
+    pub fn nsid_deleted(&mut self, nsid: i32) {
         if let Some(netns) = self.by_nsid.remove(&nsid) {
             self.by_id.remove(&netns.id);
+        }
+        if let Some(netns) = self.pending.remove(&nsid) {
+            self.by_nsid.insert(nsid, netns);
+        }
+    }
+
+    /// RTM_NEWNSID read: a new holder learned early takes over.
+    pub fn nsid_created(&mut self, nsid: i32) {
+        if let Some(netns) = self.pending.remove(&nsid) {
+            if let Some(old) = self.by_nsid.insert(nsid, netns) {
+                self.by_id.remove(&old.id);
+            }
+        }
+    }
+
+    /// After the listener lost notifications: what it knew may be stale.
+    pub fn resync(&mut self) {
+        self.by_nsid.clear();
+        self.by_id.clear();
+        self.pending.clear();
+        self.last_rescan = None;
+        self.rescan_if_due();
+    }
+
+    fn record(&mut self, nsid: i32, netns: Netns) {
+        self.by_id.insert(netns.id, nsid);
+        match self.by_nsid.get(&nsid) {
+            Some(holder) if *holder != netns => {
+                self.pending.insert(nsid, netns);
+            }
+            _ => {
+                self.by_nsid.insert(nsid, netns);
+            }
         }
     }
 
@@ -180,9 +233,7 @@ impl NsidMap {
         }
         match self.requests.ensure_nsid(file.as_raw_fd()) {
             Ok(nsid) => {
-                self.forget_nsid(nsid);
-                self.by_nsid.insert(nsid, netns.clone());
-                self.by_id.insert(netns.id, nsid);
+                self.record(nsid, netns.clone());
                 true
             }
             Err(err) => {

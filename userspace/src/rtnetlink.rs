@@ -200,6 +200,9 @@ fn set_int_option(fd: RawFd, level: libc::c_int, option: libc::c_int, value: u32
     Ok(())
 }
 
+/// Longest wait for the kernel's answer to one request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A blocking rtnetlink socket for requests, in the agent's namespace.
 pub struct Requests {
     socket: OwnedFd,
@@ -210,24 +213,28 @@ pub struct Requests {
 impl Requests {
     pub fn open() -> std::io::Result<Self> {
         let socket = netlink_socket(false)?;
-        // Answers come at once; never block the agent for long on one.
-        let timeout = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+        // Answers come at once; a lost one must not block the agent.
+        let timeout = libc::timeval { tv_sec: 0, tv_usec: REQUEST_TIMEOUT.as_micros() as libc::suseconds_t };
         // SAFETY: a timeval by pointer and size.
-        unsafe {
+        let rc = unsafe {
             libc::setsockopt(
                 socket.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&timeout as *const libc::timeval).cast(),
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
         }
         let _ = set_int_option(socket.as_raw_fd(), SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1);
         Ok(Self { socket, seq: 0, buf: vec![0; 64 * 1024] })
     }
 
     /// Sends one request and returns the payload of the answer of `want`
-    /// type (None for a plain acknowledgement).
+    /// type (None for a plain acknowledgement), waiting at most
+    /// [`REQUEST_TIMEOUT`] in all.
     fn ask(&mut self, kind: u16, flags: u16, body: &[u8], want: u16) -> std::io::Result<Option<Vec<u8>>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
@@ -238,11 +245,16 @@ impl Requests {
         if unsafe { libc::send(self.socket.as_raw_fd(), message.as_ptr().cast(), message.len(), 0) } < 0 {
             return Err(std::io::Error::last_os_error());
         }
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
             // SAFETY: receiving into our buffer.
             let n = unsafe { libc::recv(self.socket.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
             if n < 0 {
-                return Err(std::io::Error::last_os_error());
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted && std::time::Instant::now() < deadline {
+                    continue;
+                }
+                return Err(err);
             }
             for message in messages(&self.buf[..n as usize]) {
                 let message = message?;
@@ -258,6 +270,9 @@ impl Requests {
                 if message.kind == want {
                     return Ok(Some(message.payload.to_vec()));
                 }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
             }
         }
     }
@@ -280,13 +295,13 @@ impl Requests {
         let mut body = vec![0u8; 4];
         attr(&mut body, NETNSA_FD, &(ns as u32).to_ne_bytes());
         attr(&mut body, NETNSA_NSID, &(-1i32).to_ne_bytes());
-        match self.ask(RTM_NEWNSID, 0, &body, NLMSG_ERROR) {
-            Ok(_) => {}
-            // Someone else (the kernel, for a move) assigned one meanwhile.
-            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(err) => return Err(err),
+        // EEXIST: someone else (the kernel, for a move) assigned one meanwhile.
+        // Any other failure may still have assigned one (a late answer).
+        let asked = self.ask(RTM_NEWNSID, 0, &body, NLMSG_ERROR);
+        match self.nsid_of_fd(ns)? {
+            Some(id) => Ok(id),
+            None => Err(asked.err().unwrap_or_else(|| std::io::Error::other("the kernel assigned no nsid"))),
         }
-        self.nsid_of_fd(ns)?.ok_or_else(|| std::io::Error::other("the kernel assigned no nsid"))
     }
 
     /// One device of the namespace with `nsid` (an nsid of the agent's namespace).
@@ -308,6 +323,8 @@ pub struct Datagram<'a> {
     /// notifications are about; None for the listener's own.
     pub nsid: Option<i32>,
     pub data: &'a [u8],
+    /// The datagram or its control data did not fit the buffers.
+    pub truncated: bool,
 }
 
 /// A non-blocking rtnetlink socket in the agent's namespace that receives
@@ -315,7 +332,8 @@ pub struct Datagram<'a> {
 pub struct Listener {
     socket: OwnedFd,
     buf: Vec<u8>,
-    control: Vec<u8>,
+    /// Control messages; u64 elements keep `cmsghdr` aligned.
+    control: Vec<u64>,
 }
 
 /// Socket receive buffer: room for bursts of notifications (each ~1.5 KiB).
@@ -341,7 +359,7 @@ impl Listener {
         set_int_option(fd, SOL_NETLINK, NETLINK_LISTEN_ALL_NSID, 1)?;
         set_int_option(fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_LINK)?;
         set_int_option(fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_NSID)?;
-        Ok(Self { socket, buf: vec![0; 256 * 1024], control: vec![0; 256] })
+        Ok(Self { socket, buf: vec![0; 256 * 1024], control: vec![0; 32] })
     }
 
     /// Reads one datagram; Ok(None) when none is waiting. ENOBUFS means
@@ -353,25 +371,30 @@ impl Listener {
         header.msg_iov = &mut iov;
         header.msg_iovlen = 1;
         header.msg_control = self.control.as_mut_ptr().cast();
-        header.msg_controllen = self.control.len();
+        header.msg_controllen = std::mem::size_of_val(self.control.as_slice());
         // SAFETY: recvmsg into the buffers described above.
         let n = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &mut header, 0) };
         if n < 0 {
             let err = std::io::Error::last_os_error();
             return if err.kind() == std::io::ErrorKind::WouldBlock { Ok(None) } else { Err(err) };
         }
+        let truncated = header.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
         let mut nsid = None;
-        // SAFETY: walking the control messages the kernel wrote into `control`.
+        // SAFETY: walking the control messages the kernel wrote into
+        // `control` (8-byte aligned), checking each one's length.
         unsafe {
             let mut cmsg = libc::CMSG_FIRSTHDR(&header);
             while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == SOL_NETLINK && (*cmsg).cmsg_type == NETLINK_LISTEN_ALL_NSID {
+                if (*cmsg).cmsg_level == SOL_NETLINK
+                    && (*cmsg).cmsg_type == NETLINK_LISTEN_ALL_NSID
+                    && (*cmsg).cmsg_len as usize >= libc::CMSG_LEN(4) as usize
+                {
                     nsid = Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>()));
                 }
                 cmsg = libc::CMSG_NXTHDR(&header, cmsg);
             }
         }
-        Ok(Some(Datagram { nsid, data: &self.buf[..n as usize] }))
+        Ok(Some(Datagram { nsid, data: &self.buf[..n as usize], truncated }))
     }
 }
 

@@ -6,7 +6,7 @@ use crate::{Actor, EventHeader, NetnsRef};
 /// The task in whose context the kernel broadcast one rtnetlink link
 /// notification (RTM_NEWLINK / RTM_DELLINK) to the agent's listener. The
 /// agent pairs it with the message it then reads from the socket by
-/// (`nlmsg_type`, `ifindex`, `nlmsg_len`).
+/// (`nlmsg_type`, `ifindex`, `ifname`, `nlmsg_len`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkNotifyEvent {
@@ -25,6 +25,13 @@ pub struct LinkNotifyEvent {
     pub ifindex: i32,
     /// Non-zero when the kernel's `cleanup_net` work was running.
     pub in_netns_cleanup: u32,
+    /// The device name (IFLA_IFNAME, the first attribute the kernel writes),
+    /// NUL terminated; may carry bytes of the next attribute after the NUL;
+    /// all zero when the message did not start with it.
+    pub ifname: [u8; IFNAME_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<LinkNotifyEvent>() == 96);
+/// Bytes of `LinkNotifyEvent::ifname`, as the kernel's IFNAMSIZ.
+pub const IFNAME_LEN: usize = 16;
+
+const _: () = assert!(core::mem::size_of::<LinkNotifyEvent>() == 112);

@@ -5,7 +5,10 @@
 //! moved or created a device. It never drops anything: it only records.
 
 use aya_ebpf::programs::SkBuffContext;
-use nstrail_abi::{device::LinkNotifyEvent, event_kind};
+use nstrail_abi::{
+    device::{IFNAME_LEN, LinkNotifyEvent},
+    event_kind,
+};
 
 use crate::{
     kernel::{current_actor, current_netns, header, layout_ready},
@@ -17,6 +20,10 @@ const RTM_DELLINK: u16 = 17;
 /// `nlmsghdr` (16 bytes), then `ifinfomsg` whose `ifi_index` is at +4.
 const NLMSG_TYPE_AT: usize = 4;
 const IFI_INDEX_AT: usize = 16 + 4;
+/// The first attribute's header follows the 16-byte ifinfomsg.
+const FIRST_ATTR_TYPE_AT: usize = 32 + 2;
+const FIRST_ATTR_VALUE_AT: usize = 32 + 4;
+const IFLA_IFNAME: u16 = 3;
 
 /// Records the actor of one link notification; returns the length to keep
 /// (all of it: the listener gets every message).
@@ -35,6 +42,12 @@ pub fn on_link_notification(ctx: &SkBuffContext) -> i64 {
     let ifindex = ctx.load::<i32>(IFI_INDEX_AT).unwrap_or(0);
     let actor_netns = current_netns().map(|(_, r)| r).unwrap_or_default();
     let in_netns_cleanup = CLEANUP_STATE.get(0).map(|s| (s.work != 0) as u32).unwrap_or(0);
+    let ifname = if ctx.load::<u16>(FIRST_ATTR_TYPE_AT).is_ok_and(|t| t & 0x3fff == IFLA_IFNAME) {
+        // A constant-size load; a message shorter than that leaves it empty.
+        ctx.load::<[u8; IFNAME_LEN]>(FIRST_ATTR_VALUE_AT).unwrap_or([0; IFNAME_LEN])
+    } else {
+        [0; IFNAME_LEN]
+    };
     emit(
         event_kind::LINK_NOTIFY,
         LinkNotifyEvent {
@@ -46,6 +59,7 @@ pub fn on_link_notification(ctx: &SkBuffContext) -> i64 {
             _pad: 0,
             ifindex,
             in_netns_cleanup,
+            ifname,
         },
     );
     keep
