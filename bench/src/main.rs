@@ -177,6 +177,34 @@ fn cpu_ns() -> u64 {
     total
 }
 
+/// A bare rtnetlink socket joined to RTNLGRP_LINK, read until stdin
+/// closes: what any network daemon (or `ip monitor link`) costs the kernel,
+/// to compare the agent's device listener with.
+fn rtnl_link_listener() -> ExitCode {
+    const SOL_NETLINK: libc::c_int = 270;
+    const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+    const RTNLGRP_LINK: u32 = 1;
+    // SAFETY: plain socket calls on our own fd.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    if fd < 0 {
+        fail("socket");
+    }
+    let group = RTNLGRP_LINK;
+    // SAFETY: a u32 option by pointer and size.
+    if unsafe { libc::setsockopt(fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, (&group as *const u32).cast(), 4) } != 0 {
+        fail("join RTNLGRP_LINK");
+    }
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        // SAFETY: receiving into our buffer until the process exits.
+        while unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) } >= 0 {}
+    });
+    println!("listening");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    ExitCode::SUCCESS
+}
+
 /// Makes `n` namespaces, each kept alive only by an open fd, prints
 /// `held=N`, and keeps them until stdin closes.
 fn hold_namespaces(n: u64) -> ExitCode {
@@ -225,6 +253,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let (Some("hold-namespaces"), Some(Ok(n))) = (args.first().map(String::as_str), args.get(1).map(|s| s.parse())) {
         return hold_namespaces(n);
+    }
+    if args.first().map(String::as_str) == Some("rtnl-link-listener") {
+        return rtnl_link_listener();
     }
     if let (Some("paced-sysctl-writes"), Some(Ok(n)), Some(Ok(rate))) =
         (args.first().map(String::as_str), args.get(1).map(|s| s.parse()), args.get(2).map(|s| s.parse()))

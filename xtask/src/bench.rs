@@ -346,6 +346,39 @@ fn inventory_at_scale(nstrail: &Path, bench: &Path, count: u64, rounds: usize) -
     ))
 }
 
+/// veth-move with and without a bare RTNLGRP_LINK listener (no nstrail),
+/// alternating: the kernel's own cost of anyone listening to link
+/// notifications, which the agent's device listener also pays.
+fn link_listener_baseline(bench: &Path, rounds: usize) -> Result<String> {
+    const OPS: u64 = 50;
+    eprintln!("bench: veth-move with a bare RTNLGRP_LINK listener ({OPS} ops x {rounds} rounds)");
+    let (mut alone, mut listened) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        alone.push(run_workload(bench, "veth-move", OPS)?);
+        let mut listener = Command::new(bench)
+            .arg("rtnl-link-listener")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the bare listener")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(listener.stdout.take().context("stdout")?), &mut line)?;
+        let measured = run_workload(bench, "veth-move", OPS);
+        drop(listener.stdin.take());
+        listener.wait()?;
+        listened.push(measured?);
+    }
+    let ratio = |pick: fn(&PerOp) -> f64| {
+        let ratios: Vec<f64> = listened.iter().zip(&alone).map(|(l, a)| pick(l) / pick(a)).collect();
+        median(&ratios)
+    };
+    Ok(format!(
+        "| veth-move with a bare RTNLGRP_LINK listener (no nstrail) / without, {rounds} rounds | wall ratio {:.3}, CPU ratio {:.3} (median) |\n",
+        ratio(|p| p.wall),
+        ratio(|p| p.cpu)
+    ))
+}
+
 pub fn run(root: &Path, rounds: usize, only: Option<&str>) -> Result<()> {
     let nstrail = root.join("target/release/nstrail");
     let bench = root.join("target/release/nstrail-bench");
@@ -361,6 +394,9 @@ pub fn run(root: &Path, rounds: usize, only: Option<&str>) -> Result<()> {
     if only.is_none_or(|o| o == "inventory") {
         extra.push_str(&inventory_at_scale(&nstrail, &bench, 1000, rounds)?);
         extra.push_str(&inventory_at_scale(&nstrail, &bench, 10000, 3)?);
+    }
+    if only.is_none_or(|o| o == "veth-move") {
+        extra.push_str(&link_listener_baseline(&bench, rounds)?);
     }
     for &(case, iterations, about) in CASES.iter().filter(|(c, _, _)| only.is_none_or(|o| o == *c)) {
         eprintln!("bench: {case} ({iterations} ops x {rounds} rounds, agent off and on alternating)");
