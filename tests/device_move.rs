@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use nstrail::event::{Event, EventBody, MovedDevice, Netns, VethEnd};
-use nstrail_tests::{field, ifindex, run, run_ok, HostVeth, NamedNetns, NetnsIdentity, TestAgent};
+use nstrail_tests::{field, ifindex, run, run_ok, Background, HostVeth, NamedNetns, NetnsIdentity, TestAgent};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// How long to keep listening for stray or duplicate events after the expected ones.
@@ -203,6 +203,29 @@ fn a_thread_switched_into_a_namespace_moves_a_device_back_to_the_host() {
     let enters = agent.log.by_pid_of_type(ran.pid, "netns_enter");
     assert_eq!(enters.len(), 1, "{}", agent.log.dump());
     assert_eq!(enters[0].body.netns().map(|n| n.id), Some(ns.identity().id));
+}
+
+#[test]
+fn a_move_into_a_namespace_made_a_moment_before_is_reported() {
+    // The hard case: the destination is created and receives the device
+    // within microseconds, between two namespaces that are not the host's,
+    // before the agent can have given the new one an nsid.
+    let mut agent = TestAgent::start();
+    let a = seen_netns(&mut agent, "fresh");
+    let pair = HostVeth::add();
+    run_ok("ip", &["link", "set", &pair.name, "netns", &a.name]);
+    let before = ifindex(Some(&a.name), &pair.name);
+
+    let helper =
+        Background::start(env!("CARGO_BIN_EXE_netns-helper"), &["move-into-new", &pair.name, &a.path().to_string_lossy()]);
+    assert_eq!(field(&helper.first_line, "errno"), 0, "the helper's move succeeded");
+    let fresh = NetnsIdentity { inode: field(&helper.first_line, "inode") as u32, id: field(&helper.first_line, "id") };
+    let event = only_event(&mut agent, helper.pid(), "device_move");
+    let EventBody::DeviceMove { device, from_netns, to_netns, actor } = &event.body else { unreachable!() };
+    assert_eq!((device.name.as_str(), device.ifindex_before), (pair.name.as_str(), before));
+    assert_eq!(from_netns.clone(), Some(netns(a.identity())));
+    assert_eq!(to_netns.clone(), Some(netns(fresh)), "{}", agent.log.dump());
+    assert_eq!(actor.as_ref().map(|a| a.tid as u64), Some(field(&helper.first_line, "tid")));
 }
 
 #[test]

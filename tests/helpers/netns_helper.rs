@@ -13,6 +13,11 @@
 //!                                  rtnetlink RTM_NEWLINK sent by sendto(2) from a second
 //!                                  thread, as Go netlink libraries do (that thread first
 //!                                  enters the namespace at FROM, as CNI plugins do); prints the errno
+//!   netns-helper move-into-new DEV FROM
+//!                                  from a thread in the namespace at FROM: unshare a new
+//!                                  namespace, step back into FROM and at once move DEV into
+//!                                  the new one, held only by an fd, before anyone can have
+//!                                  given it an nsid; keeps it until stdin closes
 
 use std::{os::fd::AsRawFd, process::ExitCode};
 
@@ -152,13 +157,100 @@ fn hold_many(count: usize) {
     wait_for_stdin_close();
 }
 
-/// RTM_NEWLINK { ifinfomsg, IFLA_IFNAME = DEV, IFLA_NET_NS_FD = fd } with
-/// NLM_F_ACK, sent with sendto(2); returns the acknowledgement's errno.
-fn move_link(device: &str, path: &str, from: Option<&str>) {
+/// Sends RTM_NEWLINK { ifinfomsg, IFLA_IFNAME = DEV, IFLA_NET_NS_FD = fd }
+/// with NLM_F_ACK by sendto(2) on `sock`; returns the acknowledgement's errno.
+fn send_move(sock: libc::c_int, device: &str, ns_fd: u32) -> i32 {
     const RTM_NEWLINK: u16 = 16;
     const NLMSG_ERROR: u16 = 2;
     const IFLA_IFNAME: u16 = 3;
     const IFLA_NET_NS_FD: u16 = 28;
+    fn attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+        out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(value);
+        out.resize((out.len() + 3) & !3, 0);
+    }
+    let mut body = vec![0u8; 16]; // ifinfomsg: family AF_UNSPEC, ifindex 0 (by name)
+    attr(&mut body, IFLA_IFNAME, format!("{device}\0").as_bytes());
+    attr(&mut body, IFLA_NET_NS_FD, &ns_fd.to_ne_bytes());
+    let mut message = Vec::new();
+    message.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+    message.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
+    message.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    message.extend_from_slice(&1u32.to_ne_bytes());
+    message.extend_from_slice(&0u32.to_ne_bytes());
+    message.extend_from_slice(&body);
+    // SAFETY: sendto/recv on the caller's socket with our buffers.
+    unsafe {
+        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
+        kernel.nl_family = libc::AF_NETLINK as u16;
+        let sent = libc::sendto(
+            sock,
+            message.as_ptr().cast(),
+            message.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        );
+        if sent < 0 {
+            fail("sendto");
+        }
+        let mut answer = [0u8; 4096];
+        let n = libc::recv(sock, answer.as_mut_ptr().cast(), answer.len(), 0);
+        if n < 20 || u16::from_ne_bytes([answer[4], answer[5]]) != NLMSG_ERROR {
+            fail("no acknowledgement");
+        }
+        -i32::from_ne_bytes([answer[16], answer[17], answer[18], answer[19]])
+    }
+}
+
+fn rtnetlink_socket() -> libc::c_int {
+    // SAFETY: plain socket call.
+    let sock = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    if sock < 0 {
+        fail("socket");
+    }
+    sock
+}
+
+/// See `move-into-new` in the module docs.
+fn move_into_new(device: &str, from: &str) {
+    let from = std::fs::File::open(from).unwrap_or_else(|_| fail("open source namespace"));
+    let from_fd = from.as_raw_fd();
+    let device = device.to_owned();
+    let (line, held) = std::thread::spawn(move || {
+        // SAFETY: setns/unshare of this thread only; fds stay open meanwhile.
+        unsafe {
+            if libc::setns(from_fd, libc::CLONE_NEWNET) != 0 {
+                fail("setns");
+            }
+            let sock = rtnetlink_socket(); // lives in FROM: acts on FROM's devices
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                fail("unshare");
+            }
+            let new = std::fs::File::open("/proc/thread-self/ns/net").unwrap_or_else(|_| fail("open new namespace"));
+            // Back out at once: only the fd holds the new namespace, so no
+            // task is in it for anyone to find it by.
+            if libc::setns(from_fd, libc::CLONE_NEWNET) != 0 {
+                fail("setns back");
+            }
+            let errno = send_move(sock, &device, new.as_raw_fd() as u32);
+            libc::close(sock);
+            let ns = NetnsIdentity::of_path(format!("/proc/self/fd/{}", new.as_raw_fd()));
+            let line = format!("pid={} tid={} errno={errno} inode={} id={}", std::process::id(), libc::gettid(), ns.inode, ns.id);
+            (line, new)
+        }
+    })
+    .join()
+    .expect("thread");
+    println!("{line}");
+    // The thread is gone: this fd alone keeps the new namespace alive.
+    wait_for_stdin_close();
+    drop((held, from));
+}
+
+/// See `move-link` in the module docs.
+fn move_link(device: &str, path: &str, from: Option<&str>) {
     let ns = std::fs::File::open(path).unwrap_or_else(|_| fail("open namespace"));
     let from = from.map(|f| std::fs::File::open(f).unwrap_or_else(|_| fail("open source namespace")));
     let from_fd = from.as_ref().map(|f| f.as_raw_fd());
@@ -171,49 +263,10 @@ fn move_link(device: &str, path: &str, from: Option<&str>) {
                 fail("setns");
             }
         }
-        fn attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-            out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-            out.extend_from_slice(&kind.to_ne_bytes());
-            out.extend_from_slice(value);
-            out.resize((out.len() + 3) & !3, 0);
-        }
-        let mut body = vec![0u8; 16]; // ifinfomsg: family AF_UNSPEC, ifindex 0 (by name)
-        attr(&mut body, IFLA_IFNAME, format!("{device}\0").as_bytes());
-        attr(&mut body, IFLA_NET_NS_FD, &ns_fd.to_ne_bytes());
-        let mut message = Vec::new();
-        message.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-        message.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
-        message.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
-        message.extend_from_slice(&1u32.to_ne_bytes());
-        message.extend_from_slice(&0u32.to_ne_bytes());
-        message.extend_from_slice(&body);
-        // SAFETY: plain socket calls on our own fd and buffers.
-        let errno = unsafe {
-            let sock = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
-            if sock < 0 {
-                fail("socket");
-            }
-            let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-            kernel.nl_family = libc::AF_NETLINK as u16;
-            let sent = libc::sendto(
-                sock,
-                message.as_ptr().cast(),
-                message.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            );
-            if sent < 0 {
-                fail("sendto");
-            }
-            let mut answer = [0u8; 4096];
-            let n = libc::recv(sock, answer.as_mut_ptr().cast(), answer.len(), 0);
-            libc::close(sock);
-            if n < 20 || u16::from_ne_bytes([answer[4], answer[5]]) != NLMSG_ERROR {
-                fail("no acknowledgement");
-            }
-            -i32::from_ne_bytes([answer[16], answer[17], answer[18], answer[19]])
-        };
+        let sock = rtnetlink_socket();
+        let errno = send_move(sock, &device, ns_fd);
+        // SAFETY: closing our own socket.
+        unsafe { libc::close(sock) };
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         format!("pid={} tid={tid} errno={errno}", std::process::id())
@@ -236,8 +289,9 @@ fn main() -> ExitCode {
         ["churn", n] => churn(n.parse().unwrap_or_else(|_| fail("churn takes a count"))),
         ["move-link", device, path] => move_link(device, path, None),
         ["move-link", device, path, from] => move_link(device, path, Some(from)),
+        ["move-into-new", device, from] => move_into_new(device, from),
         _ => {
-            eprintln!("usage: netns-helper clone | clone3 | setns-thread PATH | churn N | tcp-listen | hold-fd PATH | hold-many N | move-link DEV PATH [FROM]");
+            eprintln!("usage: netns-helper clone | clone3 | setns-thread PATH | churn N | tcp-listen | hold-fd PATH | hold-many N | move-link DEV PATH [FROM] | move-into-new DEV FROM");
             return ExitCode::from(2);
         }
     }
