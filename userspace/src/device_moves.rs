@@ -388,13 +388,9 @@ fn move_event(departed: Notice, from: Option<Netns>, after: (&str, i32), to: Opt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rtnetlink::tests::link_message;
+    use crate::rtnetlink::{tests::link_message, IFLA_LINK, IFLA_LINK_NETNSID, IFLA_NEW_IFINDEX, IFLA_NEW_NETNSID};
     use nstrail_abi::{event_kind, EventHeader};
 
-    const IFLA_LINK: u16 = 5;
-    const IFLA_LINK_NETNSID: u16 = 37;
-    const IFLA_NEW_NETNSID: u16 = 45;
-    const IFLA_NEW_IFINDEX: u16 = 49;
     const HOST: u64 = 3;
 
     fn moves() -> DeviceMoves {

@@ -143,17 +143,17 @@ impl NsidMap {
     /// task that is in it, else through a bind mount.
     pub fn assign_created(&mut self, event: &Event) {
         let EventBody::NetnsCreate { netns, actor, child, .. } = &event.body else { return };
-        let mut candidates: Vec<PathBuf> = Vec::new();
+        let mut tasks: Vec<PathBuf> = Vec::new();
         if let Some(child) = child {
-            candidates.push(format!("/proc/{}/task/{}/ns/net", child.pid, child.tid).into());
+            tasks.push(format!("/proc/{}/task/{}/ns/net", child.pid, child.tid).into());
         }
-        candidates.push(format!("/proc/{}/task/{}/ns/net", actor.pid, actor.tid).into());
-        for dir in NAMED_NETNS_DIRS {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                candidates.extend(entries.flatten().map(|e| e.path()));
-            }
-        }
-        for path in candidates {
+        tasks.push(format!("/proc/{}/task/{}/ns/net", actor.pid, actor.tid).into());
+        // The bind mounts only when the creator has already left (`ip netns add`).
+        let mounts = NAMED_NETNS_DIRS
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flat_map(|entries| entries.flatten().map(|e| e.path()));
+        for path in tasks.into_iter().chain(mounts) {
             if std::fs::metadata(&path).is_ok_and(|m| m.ino() as u32 == netns.inode) && self.assign(&path, netns) {
                 return;
             }

@@ -14,13 +14,13 @@ pub const RTM_DELNSID: u16 = 89;
 pub const RTM_GETNSID: u16 = 90;
 
 const IFLA_IFNAME: u16 = 3;
-const IFLA_LINK: u16 = 5;
+pub const IFLA_LINK: u16 = 5;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
-const IFLA_LINK_NETNSID: u16 = 37;
+pub const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_TARGET_NETNSID: u16 = 46;
-const IFLA_NEW_NETNSID: u16 = 45;
-const IFLA_NEW_IFINDEX: u16 = 49;
+pub const IFLA_NEW_NETNSID: u16 = 45;
+pub const IFLA_NEW_IFINDEX: u16 = 49;
 const NETNSA_NSID: u16 = 1;
 const NETNSA_FD: u16 = 3;
 const NLA_TYPE_MASK: u16 = 0x3fff;
