@@ -530,6 +530,41 @@ mod tests {
     }
 
     #[test]
+    fn a_device_the_cleanup_worker_brings_home_moved_from_the_dying_namespace() {
+        let mut moves = moves();
+        let mut out = Vec::new();
+        let dying = Netns::new(4026532009, 109);
+        moves.netns_destroyed(35, &dying);
+        let home = link_message(RTM_NEWLINK, 3, IFI_CHANGE_ALL, "eth1", &[], None);
+        let mut record = LinkNotifyEvent {
+            header: EventHeader { kind: event_kind::LINK_NOTIFY, cpu: 0, boot_ns: now_boot_ns() },
+            nlmsg_len: home.len() as u32,
+            nlmsg_type: RTM_NEWLINK,
+            ifindex: 3,
+            in_netns_cleanup: 1,
+            ..Default::default()
+        };
+        record.actor.tid = 35;
+        record.actor.comm[..7].copy_from_slice(b"kworker");
+        moves.actor_seen(record);
+        moves.datagram(None, &home, &mut out).unwrap();
+        let EventBody::DeviceMove { device, from_netns, to_netns, actor } = &out[0].body else { panic!("{out:?}") };
+        assert_eq!((device.name.as_str(), device.kind.as_deref(), device.ifindex_before, device.ifindex_after), ("eth1", None, 0, 3));
+        assert_eq!((from_netns.clone(), to_netns.as_ref().map(|n| n.id)), (Some(dying), Some(HOST)));
+        assert_eq!(actor.as_ref().map(|a| a.comm.as_str()), Some("kworker"));
+
+        // Another task registering a device while a cleanup runs is no move.
+        let mut out = Vec::new();
+        let new_device = link_message(RTM_NEWLINK, 4, IFI_CHANGE_ALL, "eth2", &[], None);
+        record.nlmsg_len = new_device.len() as u32;
+        record.ifindex = 4;
+        record.actor.tid = 36;
+        moves.actor_seen(record);
+        moves.datagram(None, &new_device, &mut out).unwrap();
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
     fn counts_actor_records_whose_message_never_came() {
         let mut moves = moves();
         let mut record = LinkNotifyEvent { nlmsg_type: RTM_NEWLINK, ifindex: 99, nlmsg_len: 1, ..Default::default() };
