@@ -271,11 +271,14 @@ impl Agent {
                 Err(err) => return Err(Error::Io(err)),
             }
         }
-        if let Some(at) = overrun_at {
-            // Read empty now: actors from before the overrun that found no
-            // message are the dropped notifications (reported as lost).
-            self.pump(out, summary)?;
-            moves.lock().expect("device moves lock").overrun(at);
+        {
+            let mut moves = moves.lock().expect("device moves lock");
+            moves.drained();
+            if let Some(at) = overrun_at {
+                // Read empty now: actors from before the overrun that found
+                // no message are the dropped notifications (reported as lost).
+                moves.overrun(at);
+            }
         }
         self.send_device_events(ready, out, summary)
     }
