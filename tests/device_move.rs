@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use nstrail::event::{Event, EventBody, MovedDevice, Netns, VethEnd};
+use nstrail::{
+    event::{Event, EventBody, MovedDevice, Netns, VethEnd},
+    loader::LoadOptions,
+};
 use nstrail_tests::{field, ifindex, run, run_ok, Background, HostVeth, NamedNetns, NetnsIdentity, TestAgent};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -226,6 +229,48 @@ fn a_move_into_a_namespace_made_a_moment_before_is_reported() {
     assert_eq!(from_netns.clone(), Some(netns(a.identity())));
     assert_eq!(to_netns.clone(), Some(netns(fresh)), "{}", agent.log.dump());
     assert_eq!(actor.as_ref().map(|a| a.tid as u64), Some(field(&helper.first_line, "tid")));
+}
+
+#[test]
+fn notifications_the_listener_drops_are_counted_as_lost() {
+    // A listener with room for a few notifications, and an agent held up
+    // (the test holds the inventory it updates per event) while one `ip`
+    // makes 40 veth pairs across namespaces: the socket overflows.
+    let mut agent = TestAgent::start_with(LoadOptions { device_listener_buffer_bytes: 4096, ..Default::default() });
+    let ns = seen_netns(&mut agent, "overrun");
+    let stem = HostVeth::unique_names().0;
+    let batch = std::env::temp_dir().join(format!("{stem}.batch"));
+    let lines: String = (0..40).map(|i| format!("link add {stem}{i} type veth peer name p{i} netns {}\n", ns.name)).collect();
+    std::fs::write(&batch, lines).expect("batch file");
+    let inventory = agent.inventory();
+    let held = inventory.lock().expect("inventory");
+    let ran = run("ip", &["-batch", &batch.to_string_lossy()]);
+    drop(held);
+    let _ = std::fs::remove_file(&batch);
+    assert!(ran.success, "ip -batch made the pairs");
+
+    let dropped = |log: &nstrail_tests::EventLog| {
+        log.events
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::Lost { count, event_type } if event_type == "device_notification" => Some(*count),
+                _ => None,
+            })
+            .sum::<u64>()
+    };
+    agent.wait_until(WAIT, "a lost record for dropped device notifications", |log| dropped(log) > 0);
+    let created = agent.log.by_pid_of_type(ran.pid, "veth_create").len();
+    assert!(created < 40, "the overflow hid some creates: {created} reported");
+    // Each pair is two notifications (peer, then device): every one not
+    // turned into an event is counted.
+    assert!(dropped(&agent.log) as usize >= 40 - created, "{}", agent.log.dump());
+
+    // The agent re-learned its nsids and goes on.
+    let pair = HostVeth::add();
+    let after = run_ok("ip", &["link", "set", &pair.name, "netns", &ns.name]);
+    let event = only_event(&mut agent, after.pid, "device_move");
+    let EventBody::DeviceMove { to_netns, .. } = &event.body else { unreachable!() };
+    assert_eq!(to_netns.clone(), Some(netns(ns.identity())));
 }
 
 #[test]

@@ -207,6 +207,12 @@ impl Agent {
                 // Lost-event counters are read on this tick, not per batch:
                 // they cost a syscall per CPU and counter.
                 _ = poll.tick() => {
+                    // Reading the listener empty lets actor records whose
+                    // notifications were dropped be counted, even when no
+                    // further notification comes.
+                    if let Some(fd) = device_listener.as_mut() {
+                        self.read_device_notifications(fd.get_mut(), &mut out, &mut summary)?;
+                    }
                     self.report_counters(&mut out, &mut summary)?;
                     flush_at = None;
                     out.flush()?;
@@ -265,18 +271,21 @@ impl Agent {
                 Ok(None) => break,
                 Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => {
                     log::warn!("rtnetlink listener overrun: device notifications were dropped");
-                    overrun_at = Some(std::time::Instant::now());
+                    overrun_at = Some(crate::device_moves::now_boot_ns());
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(Error::Io(err)),
             }
         }
+        // Read empty now. Actor records of the dropped notifications may
+        // still be in the ring buffer: take them first.
+        self.pump(out, summary)?;
         {
             let mut moves = moves.lock().expect("device moves lock");
             moves.drained();
             if let Some(at) = overrun_at {
-                // Read empty now: actors from before the overrun that found
-                // no message are the dropped notifications (reported as lost).
+                // Actors from before the overrun that found no message are
+                // the dropped notifications (reported as lost).
                 moves.overrun(at);
             }
         }

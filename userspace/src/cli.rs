@@ -185,6 +185,7 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         let options = LoadOptions {
             ring_buffer_bytes: args.ring_buffer_mib * 1024 * 1024,
             sysctl_policy: config.sysctl_policy,
+            ..LoadOptions::default()
         };
         let agent = Agent::load_with_metrics(&options, config.metrics.clone())?;
         let metrics_server = match args.metrics_listen.or(config.metrics_listen) {

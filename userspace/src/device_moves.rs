@@ -83,7 +83,8 @@ pub struct DeviceMoves {
     unmatched: u64,
 }
 
-fn now_boot_ns() -> u64 {
+/// CLOCK_BOOTTIME now, the clock of the kernel side's records.
+pub fn now_boot_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into our timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
@@ -120,12 +121,13 @@ impl DeviceMoves {
         }
     }
 
-    /// The listener's socket overflowed at `at` and has been read empty
-    /// since: actor records from before then that found no message belong
-    /// to dropped notifications, and the nsid map may have missed changes.
-    pub fn overrun(&mut self, at: Instant) {
+    /// The listener's socket reported an overflow at `at_boot_ns` and has
+    /// been read empty since: actor records the kernel made before then
+    /// that found no message belong to dropped notifications, and the nsid
+    /// map may have missed changes.
+    pub fn overrun(&mut self, at_boot_ns: u64) {
         let before = self.actors.len();
-        self.actors.retain(|(seen, _)| *seen > at);
+        self.actors.retain(|(_, a)| a.header.boot_ns > at_boot_ns);
         self.unmatched += (before - self.actors.len()) as u64;
         self.nsids.resync();
     }

@@ -129,6 +129,30 @@ mod tests {
     }
 
     #[test]
+    fn device_events_match_every_namespace_they_name() {
+        let moved = json!({
+            "type": "device_move",
+            "device": {"name": "veth1", "ifindex_before": 7, "ifindex_after": 7, "name_after": "veth1"},
+            "from_netns": {"inode": 4026531833u64, "id": 3},
+            "to_netns": {"inode": 4026532177u64, "id": 42, "name": "blue"},
+        });
+        let created = json!({
+            "type": "veth_create",
+            "device": {"name": "a", "ifindex": 9, "netns": {"inode": 4026531833u64, "id": 3}},
+            "peer": {"name": "b", "ifindex": 2, "netns": {"inode": 4026532178u64, "id": 43, "name": "red"}},
+        });
+        let by_netns = |netns: &str| Filter { netns: Some(netns.into()), ..Default::default() };
+        for netns in ["3", "42", "blue"] {
+            assert!(by_netns(netns).matches(&moved), "{netns}");
+        }
+        for netns in ["3", "43", "red", "4026532178"] {
+            assert!(by_netns(netns).matches(&created), "{netns}");
+        }
+        assert!(!by_netns("red").matches(&moved));
+        assert!(!by_netns("blue").matches(&created));
+    }
+
+    #[test]
     fn since_takes_durations_and_times() {
         let now = 1_795_826_104_000_000_000; // 2026-11-28T00:35:04Z
         assert_eq!(since_timestamp("10m", now).unwrap(), "2026-11-28T00:25:04.000000000Z");

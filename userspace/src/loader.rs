@@ -28,11 +28,18 @@ pub struct LoadOptions {
     /// Size of the event ring buffer in bytes (a power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
     pub sysctl_policy: SysctlPolicy,
+    /// Receive buffer of the device sensor's rtnetlink listener, in bytes
+    /// (each link notification takes about 2 KiB of it).
+    pub device_listener_buffer_bytes: u32,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { ring_buffer_bytes: 8 * 1024 * 1024, sysctl_policy: SysctlPolicy::default() }
+        Self {
+            ring_buffer_bytes: 8 * 1024 * 1024,
+            sysctl_policy: SysctlPolicy::default(),
+            device_listener_buffer_bytes: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -125,7 +132,7 @@ pub fn load(options: &LoadOptions) -> Result<LoadedProbes, Error> {
     let mut device_listener = None;
     for sensor in sensors::ALL {
         for probe in sensor.probes {
-            let result = attach(&mut ebpf, probe, &aya_btf, &cgroup, &mut loaded, &mut device_listener);
+            let result = attach(&mut ebpf, probe, &aya_btf, &cgroup, &mut loaded, options, &mut device_listener);
             if let Err(err) = &result {
                 log::warn!("probe {} at {} ({}) not attached: {err}", probe.program, probe.hook.describe(), sensor.name);
             }
@@ -179,6 +186,7 @@ fn attach(
     btf: &aya::Btf,
     cgroup: &std::path::Path,
     loaded: &mut HashSet<&'static str>,
+    options: &LoadOptions,
     device_listener: &mut Option<Listener>,
 ) -> Result<(), AttachError> {
     let program = ebpf.program_mut(probe.program).ok_or(AttachError::Missing(probe.program))?;
@@ -212,7 +220,7 @@ fn attach(
             if first {
                 prog.load()?;
             }
-            let listener = Listener::open().map_err(AttachError::Listener)?;
+            let listener = Listener::open(options.device_listener_buffer_bytes).map_err(AttachError::Listener)?;
             prog.attach(&listener)?;
             *device_listener = Some(listener);
         }

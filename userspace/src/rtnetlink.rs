@@ -336,11 +336,10 @@ pub struct Listener {
     control: Vec<u64>,
 }
 
-/// Socket receive buffer: room for bursts of notifications (each ~1.5 KiB).
-const LISTENER_RCVBUF: u32 = 16 * 1024 * 1024;
-
 impl Listener {
-    pub fn open() -> std::io::Result<Self> {
+    /// `buffer_bytes`: the socket's receive buffer, room for bursts of
+    /// notifications (each about 2 KiB of it).
+    pub fn open(buffer_bytes: u32) -> std::io::Result<Self> {
         let socket = netlink_socket(true)?;
         let fd = socket.as_raw_fd();
         // SAFETY: a zeroed sockaddr_nl: the kernel picks our port id.
@@ -353,8 +352,8 @@ impl Listener {
         {
             return Err(std::io::Error::last_os_error());
         }
-        if set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, LISTENER_RCVBUF).is_err() {
-            set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, LISTENER_RCVBUF)?;
+        if set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, buffer_bytes).is_err() {
+            set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, buffer_bytes)?;
         }
         set_int_option(fd, SOL_NETLINK, NETLINK_LISTEN_ALL_NSID, 1)?;
         set_int_option(fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_LINK)?;
