@@ -277,6 +277,36 @@ impl Requests {
         }
     }
 
+    /// A dump request: hands every datagram of the answer to `take` until
+    /// it returns true (the end of the dump).
+    pub fn dump(
+        &mut self,
+        kind: u16,
+        body: &[u8],
+        mut take: impl FnMut(&[u8]) -> std::io::Result<bool>,
+    ) -> std::io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let message = request(kind, libc::NLM_F_DUMP as u16, self.seq, body);
+        // SAFETY: sending our buffer on our socket.
+        if unsafe { libc::send(self.socket.as_raw_fd(), message.as_ptr().cast(), message.len(), 0) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        loop {
+            // SAFETY: receiving into our buffer.
+            let n = unsafe { libc::recv(self.socket.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if take(&self.buf[..n as usize])? {
+                return Ok(());
+            }
+        }
+    }
+
     /// The nsid the agent's namespace has for the namespace behind `ns`
     /// (an nsfs fd), if any.
     pub fn nsid_of_fd(&mut self, ns: RawFd) -> std::io::Result<Option<i32>> {

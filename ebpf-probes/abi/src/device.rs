@@ -1,7 +1,7 @@
 //! Network devices crossing namespaces: the kernel side records who caused
 //! each link notification the agent's rtnetlink listener receives.
 
-use crate::{Actor, EventHeader, NetnsRef};
+use crate::{Actor, EventHeader};
 
 /// The task in whose context the kernel broadcast one rtnetlink link
 /// notification (RTM_NEWLINK / RTM_DELLINK) to the agent's listener. The
@@ -14,8 +14,6 @@ pub struct LinkNotifyEvent {
     /// The task that made the change (`ip`, a CNI plugin, a kworker
     /// returning devices of a dying namespace).
     pub actor: Actor,
-    /// The namespace the actor was in.
-    pub actor_netns: NetnsRef,
     /// `nlmsghdr.nlmsg_len` of the notification.
     pub nlmsg_len: u32,
     /// `nlmsghdr.nlmsg_type`: RTM_NEWLINK (16) or RTM_DELLINK (17).
@@ -34,4 +32,4 @@ pub struct LinkNotifyEvent {
 /// Bytes of `LinkNotifyEvent::ifname`, as the kernel's IFNAMSIZ.
 pub const IFNAME_LEN: usize = 16;
 
-const _: () = assert!(core::mem::size_of::<LinkNotifyEvent>() == 112);
+const _: () = assert!(core::mem::size_of::<LinkNotifyEvent>() == 96);

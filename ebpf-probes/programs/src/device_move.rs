@@ -11,7 +11,7 @@ use nstrail_abi::{
 };
 
 use crate::{
-    kernel::{current_actor, current_netns, header, layout_ready},
+    kernel::{current_actor, header, layout_ready},
     maps::{CLEANUP_STATE, emit},
 };
 
@@ -40,7 +40,6 @@ pub fn on_link_notification(ctx: &SkBuffContext) -> i64 {
     }
     let nlmsg_len = ctx.load::<u32>(0).unwrap_or(0);
     let ifindex = ctx.load::<i32>(IFI_INDEX_AT).unwrap_or(0);
-    let actor_netns = current_netns().map(|(_, r)| r).unwrap_or_default();
     let in_netns_cleanup = CLEANUP_STATE.get(0).map(|s| (s.work != 0) as u32).unwrap_or(0);
     let ifname = if ctx.load::<u16>(FIRST_ATTR_TYPE_AT).is_ok_and(|t| t & 0x3fff == IFLA_IFNAME) {
         // A constant-size load; a message shorter than that leaves it empty.
@@ -53,7 +52,6 @@ pub fn on_link_notification(ctx: &SkBuffContext) -> i64 {
         LinkNotifyEvent {
             header: header(event_kind::LINK_NOTIFY),
             actor: current_actor(),
-            actor_netns,
             nlmsg_len,
             nlmsg_type,
             _pad: 0,

@@ -35,35 +35,10 @@ pub fn list(ns_path: &Path) -> std::io::Result<Vec<Device>> {
 }
 
 fn dump_links() -> std::io::Result<Vec<Device>> {
-    // SAFETY: plain socket call; the fd is owned below.
-    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh fd we own.
-    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    let mut request = [0u8; 32];
-    request[0..4].copy_from_slice(&32u32.to_ne_bytes());
-    request[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
-    request[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    request[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    request[16] = libc::AF_UNSPEC as u8;
-    // SAFETY: sending our buffer on our socket.
-    if unsafe { libc::send(socket.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
     let mut devices = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: receiving into our buffer.
-        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if parse_messages(&buf[..n as usize], &mut devices)? {
-            return Ok(devices);
-        }
-    }
+    // The socket is made by this thread, so in the namespace it entered.
+    rtnetlink::Requests::open()?.dump(RTM_GETLINK, &[0; 16], |data| parse_messages(data, &mut devices))?;
+    Ok(devices)
 }
 
 /// Parses one recv() worth of messages; true at the end of the dump.
