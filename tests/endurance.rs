@@ -1,5 +1,6 @@
 //! Endurance, bounded in time: a burst of 10,000 namespaces at full speed
-//! with every event accounted for (delivered, or counted as lost).
+//! with every event accounted for (delivered, or counted as lost). Alone in
+//! its test binary, so no other test's namespaces run beside the burst.
 
 use std::time::Duration;
 
@@ -25,7 +26,8 @@ fn a_burst_of_10000_namespaces_is_accounted_for_exactly() {
             .filter(|e| e.body.actor().is_some_and(|a| a.ppid == churn))
             .filter_map(|e| e.body.netns().map(|n| n.id))
             .collect();
-        let destroyed = log.of_type("netns_destroy").filter(|e| e.body.netns().is_some_and(|n| created.contains(&n.id))).count();
+        let destroyed =
+            log.of_type("netns_destroy").filter(|e| e.body.netns().is_some_and(|n| created.contains(&n.id))).count();
         (created.len() as u64, destroyed as u64)
     };
     let lost = |log: &nstrail_tests::EventLog, kind: &str| -> u64 {

@@ -147,6 +147,43 @@ fn veth_move(n: u64) {
     }
 }
 
+/// getppid(2), one of the cheapest system calls: no probe targets it, so
+/// any difference with the agent on is what every syscall pays.
+fn getppid(n: u64) {
+    for _ in 0..n {
+        // SAFETY: no arguments, no side effects.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+}
+
+/// A 1-byte write(2) to /dev/null.
+fn write_devnull(n: u64) {
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null").unwrap_or_else(|_| fail("open /dev/null"));
+    write_loop(std::os::fd::AsRawFd::as_raw_fd(&null), n);
+}
+
+/// A 1-byte write(2) into a pipe, drained by a reader thread.
+fn write_pipe(n: u64) {
+    let (reader, writer) = std::io::pipe().unwrap_or_else(|_| fail("pipe"));
+    let drain = std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while std::io::Read::read(&mut &reader, &mut buf).is_ok_and(|k| k > 0) {}
+    });
+    write_loop(std::os::fd::AsRawFd::as_raw_fd(&writer), n);
+    drop(writer);
+    let _ = drain.join();
+}
+
+fn write_loop(fd: libc::c_int, n: u64) {
+    let byte = [0u8; 1];
+    for _ in 0..n {
+        // SAFETY: writing one byte from our buffer to our own fd.
+        if unsafe { libc::write(fd, byte.as_ptr().cast(), 1) } != 1 {
+            fail("write");
+        }
+    }
+}
+
 /// UDP datagrams to a socket on loopback: traffic no probe should tax.
 fn udp_sendmsg(n: u64) {
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|_| fail("bind receiver"));
@@ -249,38 +286,55 @@ fn paced_sysctl_writes(n: u64, rate: u64) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+#[derive(clap::Parser)]
+#[command(name = "nstrail-bench", about = "One benchmark workload per run (cargo xtask bench runs them)")]
+enum Workload {
+    /// fork+exit
+    ForkExit { iterations: u64 },
+    /// fork+exec of /bin/true
+    ForkExec { iterations: u64 },
+    /// unshare(CLONE_NEWNET) in a child that exits
+    NetnsChurn { iterations: u64 },
+    /// open+read+close of a /proc/sys file
+    SysctlRead { iterations: u64 },
+    /// open+write+close of a sysctl in a private namespace
+    SysctlWrite { iterations: u64 },
+    /// UDP send on loopback
+    UdpSendmsg { iterations: u64 },
+    /// ip link add veth, move one end into a namespace, delete
+    VethMove { iterations: u64 },
+    /// getppid(2)
+    Getppid { iterations: u64 },
+    /// 1-byte write(2) to /dev/null
+    WriteDevnull { iterations: u64 },
+    /// 1-byte write(2) into a pipe
+    WritePipe { iterations: u64 },
+    /// Make N namespaces kept only by fds; hold them until stdin closes
+    HoldNamespaces { count: u64 },
+    /// A bare RTNLGRP_LINK listener, until stdin closes
+    RtnlLinkListener,
+    /// N sysctl writes in a private namespace at RATE per second
+    PacedSysctlWrites { count: u64, rate: u64 },
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let (Some("hold-namespaces"), Some(Ok(n))) = (args.first().map(String::as_str), args.get(1).map(|s| s.parse())) {
-        return hold_namespaces(n);
-    }
-    if args.first().map(String::as_str) == Some("rtnl-link-listener") {
-        return rtnl_link_listener();
-    }
-    if let (Some("paced-sysctl-writes"), Some(Ok(n)), Some(Ok(rate))) =
-        (args.first().map(String::as_str), args.get(1).map(|s| s.parse()), args.get(2).map(|s| s.parse()))
-    {
-        return paced_sysctl_writes(n, rate);
-    }
-    let (Some(case), Some(Ok(n))) = (args.first(), args.get(1).map(|s| s.parse::<u64>())) else {
-        eprintln!("usage: nstrail-bench fork-exit|fork-exec|netns-churn|sysctl-read|sysctl-write|udp-sendmsg|veth-move ITERATIONS");
-        return ExitCode::from(2);
-    };
-    let run: fn(u64) = match case.as_str() {
-        "fork-exit" => fork_exit,
-        "fork-exec" => fork_exec,
-        "netns-churn" => netns_churn,
-        "sysctl-read" => sysctl_read,
-        "sysctl-write" => {
+    let (run, n): (fn(u64), u64) = match <Workload as clap::Parser>::parse() {
+        Workload::HoldNamespaces { count } => return hold_namespaces(count),
+        Workload::RtnlLinkListener => return rtnl_link_listener(),
+        Workload::PacedSysctlWrites { count, rate } => return paced_sysctl_writes(count, rate),
+        Workload::ForkExit { iterations } => (fork_exit, iterations),
+        Workload::ForkExec { iterations } => (fork_exec, iterations),
+        Workload::NetnsChurn { iterations } => (netns_churn, iterations),
+        Workload::SysctlRead { iterations } => (sysctl_read, iterations),
+        Workload::SysctlWrite { iterations } => {
             into_private_netns();
-            sysctl_write
+            (sysctl_write, iterations)
         }
-        "udp-sendmsg" => udp_sendmsg,
-        "veth-move" => veth_move,
-        other => {
-            eprintln!("nstrail-bench: unknown case {other}");
-            return ExitCode::from(2);
-        }
+        Workload::UdpSendmsg { iterations } => (udp_sendmsg, iterations),
+        Workload::VethMove { iterations } => (veth_move, iterations),
+        Workload::Getppid { iterations } => (getppid, iterations),
+        Workload::WriteDevnull { iterations } => (write_devnull, iterations),
+        Workload::WritePipe { iterations } => (write_pipe, iterations),
     };
     let cpu_before = cpu_ns();
     let start = Instant::now();

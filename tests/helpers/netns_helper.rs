@@ -1,23 +1,6 @@
 //! Test helper: makes namespaces with raw system calls, as runtimes and Go
 //! programs do, and prints what the tests need to assert (`key=value`).
-//!
-//!   netns-helper clone             clone(CLONE_NEWNET) a child, print its namespace
-//!   netns-helper clone3            the same with clone3
-//!   netns-helper setns-thread PATH one thread of this process enters PATH alone
-//!   netns-helper churn N           N times: fork a child that unshares a netns and exits
-//!   netns-helper tcp-listen        hold a listening TCP socket until stdin closes
-//!   netns-helper hold-fd PATH      keep PATH (an nsfs file) open until stdin closes
-//!   netns-helper hold-many N       make N namespaces, each kept only by an open fd, until stdin closes
-//!   netns-helper move-link DEV PATH [FROM]
-//!                                  move device DEV into the namespace at PATH with one
-//!                                  rtnetlink RTM_NEWLINK sent by sendto(2) from a second
-//!                                  thread, as Go netlink libraries do (that thread first
-//!                                  enters the namespace at FROM, as CNI plugins do); prints the errno
-//!   netns-helper move-into-new DEV FROM
-//!                                  from a thread in the namespace at FROM: unshare a new
-//!                                  namespace, step back into FROM and at once move DEV into
-//!                                  the new one, held only by an fd, before anyone can have
-//!                                  given it an nsid; keeps it until stdin closes
+//! `netns-helper --help` lists what it does.
 
 use std::{os::fd::AsRawFd, process::ExitCode};
 
@@ -41,9 +24,9 @@ fn child_waits_for(pipe: [libc::c_int; 2]) -> ! {
 }
 
 fn clone_child(use_clone3: bool) {
-    let mut pipe = [0; 2];
-    // SAFETY: out array of two fds.
-    if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
+    let (mut pipe, mut report) = ([0; 2], [0; 2]);
+    // SAFETY: out arrays of two fds.
+    if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 || unsafe { libc::pipe(report.as_mut_ptr()) } != 0 {
         fail("pipe");
     }
     let flags = libc::CLONE_NEWNET as u64;
@@ -61,11 +44,23 @@ fn clone_child(use_clone3: bool) {
         fail("clone");
     }
     if child == 0 {
+        // The child says its namespace's id itself: a parent stepping in to
+        // ask (before NS_GET_ID, Linux 6.18) would be an enter of its own.
+        let id = nstrail::sys::nsfs::own_netns_cookie().unwrap_or(0);
+        // SAFETY: writing 8 bytes from a local to our pipe.
+        unsafe { libc::write(report[1], (&id as *const u64).cast(), 8) };
         child_waits_for(pipe);
     }
     let child = child as u32;
-    let ns = NetnsIdentity::of_pid(child);
-    println!("pid={} child={child} inode={} id={}", std::process::id(), ns.inode, ns.id);
+    let mut id = 0u64;
+    // SAFETY: reading 8 bytes into a local from our pipe.
+    if unsafe { libc::read(report[0], (&mut id as *mut u64).cast(), 8) } != 8 {
+        fail("read the child's namespace id");
+    }
+    let inode = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata(format!("/proc/{child}/ns/net")).unwrap_or_else(|_| fail("stat the child's namespace")),
+    );
+    println!("pid={} child={child} inode={inode} id={id}", std::process::id());
     // SAFETY: closing our own fds and reaping our child.
     unsafe {
         libc::close(pipe[1]);
@@ -90,6 +85,33 @@ fn setns_thread(path: &str) {
     .join()
     .expect("thread");
     println!("{line}");
+}
+
+/// Opens /proc/sys/FILE inside the namespace at PATH, steps back to its
+/// own namespace, then writes VALUE through the fd it opened there.
+fn write_from_outside(path: &str, file: &str, value: &str) {
+    use std::io::Write;
+    let ns = std::fs::File::open(path).unwrap_or_else(|_| fail("open namespace"));
+    let home = std::fs::File::open("/proc/thread-self/ns/net").unwrap_or_else(|_| fail("open own namespace"));
+    // SAFETY: valid nsfs fds; only this thread switches.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        fail("setns into PATH");
+    }
+    let mut sysctl = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/sys/{file}"))
+        .unwrap_or_else(|_| fail("open the sysctl file"));
+    // SAFETY: as above.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        fail("setns back");
+    }
+    let errno = match sysctl.write_all(value.as_bytes()) {
+        Ok(()) => 0,
+        Err(err) => err.raw_os_error().unwrap_or(-1),
+    };
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    println!("pid={} tid={tid} errno={errno}", std::process::id());
 }
 
 fn churn(count: u32) {
@@ -155,6 +177,35 @@ fn hold_many(count: usize) {
     }
     println!("pid={} held={}", std::process::id(), held.len());
     wait_for_stdin_close();
+}
+
+/// See `reuse-inode` in the module docs.
+fn reuse_inode(inode: u64, tries: usize) {
+    let home = std::fs::File::open("/proc/thread-self/ns/net").unwrap_or_else(|_| fail("open own netns"));
+    let (mut passed, mut found) = (Vec::new(), None);
+    for _ in 0..tries {
+        // SAFETY: plain syscall; this thread moves into a new namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            fail("unshare");
+        }
+        let file = std::fs::File::open("/proc/thread-self/ns/net").unwrap_or_else(|_| fail("open netns"));
+        if std::os::unix::fs::MetadataExt::ino(&file.metadata().unwrap_or_else(|_| fail("stat netns"))) == inode {
+            found = Some((NetnsIdentity::of_self(), file));
+            break;
+        }
+        // Held until the end, so the next one takes another inode.
+        passed.push(file);
+    }
+    // SAFETY: back to where we started, so only the fd holds the namespace.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        fail("setns home");
+    }
+    let made = passed.len() + found.is_some() as usize;
+    drop(passed);
+    let (inode, id) = found.as_ref().map_or((0, 0), |(ns, _)| (ns.inode, ns.id));
+    println!("pid={} inode={inode} id={id} made={made}", std::process::id());
+    wait_for_stdin_close();
+    drop(found);
 }
 
 /// Sends RTM_NEWLINK { ifinfomsg, IFLA_IFNAME = DEV, IFLA_NET_NS_FD = fd }
@@ -229,6 +280,8 @@ fn move_into_new(device: &str, from: &str) {
                 fail("unshare");
             }
             let new = std::fs::File::open("/proc/thread-self/ns/net").unwrap_or_else(|_| fail("open new namespace"));
+            // Its identity from inside (asking from outside would step in, before 6.18).
+            let ns = NetnsIdentity::of_self();
             // Back out at once: only the fd holds the new namespace, so no
             // task is in it for anyone to find it by.
             if libc::setns(from_fd, libc::CLONE_NEWNET) != 0 {
@@ -236,8 +289,13 @@ fn move_into_new(device: &str, from: &str) {
             }
             let errno = send_move(sock, &device, new.as_raw_fd() as u32);
             libc::close(sock);
-            let ns = NetnsIdentity::of_path(format!("/proc/self/fd/{}", new.as_raw_fd()));
-            let line = format!("pid={} tid={} errno={errno} inode={} id={}", std::process::id(), libc::gettid(), ns.inode, ns.id);
+            let line = format!(
+                "pid={} tid={} errno={errno} inode={} id={}",
+                std::process::id(),
+                libc::gettid(),
+                ns.inode,
+                ns.id
+            );
             (line, new)
         }
     })
@@ -277,23 +335,54 @@ fn move_link(device: &str, path: &str, from: Option<&str>) {
     println!("{line}");
 }
 
+#[derive(clap::Parser)]
+#[command(name = "netns-helper", about = "Makes namespaces with raw system calls, as runtimes and Go programs do")]
+enum Helper {
+    /// clone(CLONE_NEWNET) a child, print its namespace.
+    Clone,
+    /// The same with clone3.
+    Clone3,
+    /// One thread of this process enters PATH alone.
+    SetnsThread { path: String },
+    /// Hold a listening TCP socket until stdin closes.
+    TcpListen,
+    /// Keep PATH (an nsfs file) open until stdin closes.
+    HoldFd { path: String },
+    /// Make N namespaces, each kept only by an open fd, until stdin closes.
+    HoldMany { count: usize },
+    /// Make namespaces (at most TRIES) until one gets inode INODE (the
+    /// kernel hands out the lowest free one); keep only that one, by an fd,
+    /// until stdin closes; prints its inode and id (0 when none got it).
+    ReuseInode { inode: u64, tries: usize },
+    /// N times: fork a child that unshares a netns and exits.
+    Churn { count: u32 },
+    /// Move DEVICE into the namespace at PATH with one rtnetlink RTM_NEWLINK
+    /// sent by sendto(2) from a second thread, as Go netlink libraries do
+    /// (that thread first enters the namespace at FROM, as CNI plugins do);
+    /// prints the errno.
+    MoveLink { device: String, path: String, from: Option<String> },
+    /// From a thread in the namespace at FROM: unshare a new namespace, step
+    /// back into FROM and at once move DEVICE into the new one, held only by
+    /// an fd, before anyone can have given it an nsid; keeps it until stdin closes.
+    MoveIntoNew { device: String, from: String },
+    /// Open /proc/sys/FILE inside the namespace at PATH, step back into its
+    /// own namespace, then write VALUE to it; prints the errno.
+    WriteFromOutside { path: String, file: String, value: String },
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["clone"] => clone_child(false),
-        ["clone3"] => clone_child(true),
-        ["setns-thread", path] => setns_thread(path),
-        ["tcp-listen"] => tcp_listen(),
-        ["hold-fd", path] => hold_fd(path),
-        ["hold-many", n] => hold_many(n.parse().unwrap_or_else(|_| fail("hold-many takes a count"))),
-        ["churn", n] => churn(n.parse().unwrap_or_else(|_| fail("churn takes a count"))),
-        ["move-link", device, path] => move_link(device, path, None),
-        ["move-link", device, path, from] => move_link(device, path, Some(from)),
-        ["move-into-new", device, from] => move_into_new(device, from),
-        _ => {
-            eprintln!("usage: netns-helper clone | clone3 | setns-thread PATH | churn N | tcp-listen | hold-fd PATH | hold-many N | move-link DEV PATH [FROM] | move-into-new DEV FROM");
-            return ExitCode::from(2);
-        }
+    match <Helper as clap::Parser>::parse() {
+        Helper::Clone => clone_child(false),
+        Helper::Clone3 => clone_child(true),
+        Helper::SetnsThread { path } => setns_thread(&path),
+        Helper::TcpListen => tcp_listen(),
+        Helper::HoldFd { path } => hold_fd(&path),
+        Helper::HoldMany { count } => hold_many(count),
+        Helper::ReuseInode { inode, tries } => reuse_inode(inode, tries),
+        Helper::Churn { count } => churn(count),
+        Helper::MoveLink { device, path, from } => move_link(&device, &path, from.as_deref()),
+        Helper::MoveIntoNew { device, from } => move_into_new(&device, &from),
+        Helper::WriteFromOutside { path, file, value } => write_from_outside(&path, &file, &value),
     }
     ExitCode::SUCCESS
 }

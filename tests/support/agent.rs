@@ -1,9 +1,10 @@
 use std::time::{Duration, Instant};
 
 use nstrail::{
+    agent::AgentOptions,
     agent::BackgroundAgent,
     event::{Event, EventBody},
-    loader::LoadOptions,
+    sensors::SensorOptions,
 };
 
 /// The real agent pipeline with the real probes, events kept for assertions.
@@ -15,15 +16,33 @@ pub struct TestAgent {
 impl TestAgent {
     /// Loads and attaches every probe; fails the test if any did not attach.
     pub fn start() -> Self {
-        Self::start_with(LoadOptions::default())
+        Self::start_with(SensorOptions::default())
     }
 
-    pub fn start_with(options: LoadOptions) -> Self {
+    /// With these sensor options; fails the test if any probe did not
+    /// attach or any sensor does not run in full.
+    pub fn start_with(sensors: SensorOptions) -> Self {
         crate::require_root();
-        let agent = BackgroundAgent::start(options).expect("agent loads its probes");
+        let agent =
+            BackgroundAgent::start(AgentOptions { sensors, ..Default::default() }).expect("agent loads its probes");
         let failed: Vec<_> = agent.probes.iter().filter(|p| !p.attached).collect();
         assert!(failed.is_empty(), "probes failed to attach: {failed:?}");
+        let degraded: Vec<_> =
+            agent.sensors.iter().filter(|s| s.state != nstrail::event::SensorState::Attached).collect();
+        assert!(degraded.is_empty(), "sensors not running in full: {degraded:?}");
         Self { agent: Some(agent), log: EventLog::default() }
+    }
+
+    /// The backend a sensor runs on (`fentry`, `kprobe`, `tracepoint`, ...).
+    pub fn backend(&self, sensor: &str) -> String {
+        let agent = self.agent.as_ref().expect("agent running");
+        agent.sensors.iter().find(|s| s.sensor == sensor).map(|s| s.backend.clone()).unwrap_or_default()
+    }
+
+    /// Whether this kernel lets the sysctl sensor see the kernel's errno of
+    /// a refused write (every backend but `read_back`, which checks the value).
+    pub fn sysctl_errno_known(&self) -> bool {
+        self.backend("sysctl_write") != "read_back"
     }
 
     /// The agent's live inventory.
@@ -47,6 +66,7 @@ impl TestAgent {
 
     /// Collects events until `done` holds for the log, or panics after `timeout`.
     pub fn wait_until(&mut self, timeout: Duration, what: &str, done: impl Fn(&EventLog) -> bool) {
+        let timeout = crate::patience(timeout);
         let deadline = Instant::now() + timeout;
         while !done(&self.log) {
             let left = deadline.saturating_duration_since(Instant::now());

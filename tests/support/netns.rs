@@ -17,7 +17,7 @@ impl NetnsIdentity {
         let path = path.as_ref();
         let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         let inode = file.metadata().expect("stat nsfs file").ino() as u32;
-        let id = nstrail::nsfs::ns_id(path).unwrap_or_else(|e| panic!("NS_GET_ID on {}: {e}", path.display()));
+        let id = nstrail::sys::nsfs::ns_id(path).unwrap_or_else(|e| panic!("netns id of {}: {e}", path.display()));
         Self { inode, id }
     }
 
@@ -125,5 +125,9 @@ pub fn ifindex(netns: Option<&str>, device: &str) -> u32 {
     }
     args.extend(["-o", "link", "show", "dev", device]);
     let ran = crate::run_ok("ip", &args);
-    ran.stdout.split(':').next().and_then(|i| i.trim().parse().ok()).unwrap_or_else(|| panic!("ifindex of {device}: {:?}", ran.stdout))
+    ran.stdout
+        .split(':')
+        .next()
+        .and_then(|i| i.trim().parse().ok())
+        .unwrap_or_else(|| panic!("ifindex of {device}: {:?}", ran.stdout))
 }

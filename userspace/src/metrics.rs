@@ -1,27 +1,32 @@
-//! Prometheus metrics, served over HTTP at /metrics on a loopback address.
+//! The agent's Prometheus metrics (served by [`crate::serve::metrics`]).
 //! Counters carry small bounded labels only; namespace identity appears
 //! only in the opt-in, capped `nstrail_netns_info` series.
 
-use std::{
-    collections::BTreeSet,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::collections::BTreeSet;
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
+use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::{
-    event::{Event, EventBody, ProbeStatus},
+    event::{CreateVia, Event, EventBody, ProbeStatus, SensorState, SensorStatus, SysctlResult},
     inventory::Inventory,
+    sensors::Declaration,
 };
 
 /// Label value for net.* sysctls outside the configured set, and for non-net ones.
 const OTHER: &str = "other";
+
+/// Every `via` of a create, so each series exists (at 0) before the first
+/// create: `increase()` and `rate()` then count the first ones too.
+const ALL_VIA: [CreateVia; 6] =
+    [CreateVia::Unshare, CreateVia::Clone, CreateVia::Clone3, CreateVia::Fork, CreateVia::Vfork, CreateVia::Unknown];
+
+/// Every sysctl write outcome, likewise.
+const ALL_RESULTS: [SysctlResult; 4] =
+    [SysctlResult::Applied, SysctlResult::Rejected, SysctlResult::Denied, SysctlResult::Unknown];
+
+/// Device kinds whose move series start at 0: veth (containers) and `none`
+/// (physical devices); other kinds appear at their first move.
+const KNOWN_DEVICE_KINDS: [&str; 2] = ["veth", "none"];
 
 /// What is exported, from the `[metrics]` config section.
 #[derive(Debug, Clone)]
@@ -65,14 +70,28 @@ pub struct Metrics {
     lost: IntCounterVec,
     decode_errors: IntCounter,
     probes: IntGaugeVec,
+    sensors: IntGaugeVec,
     live_netns: IntGauge,
+    without_processes: IntGauge,
+    leaked: IntCounter,
     netns_info: IntGaugeVec,
     /// Incremented by the audit log when a write fails.
     pub log_write_errors: IntCounter,
+    /// 1 when the audit log is sealed.
+    pub audit_sealed: IntGauge,
+    /// Epoch, last event seq and Unix time of the last seal written: an
+    /// outside witness of how far the sealed log reaches.
+    pub audit_seal_epoch: IntGauge,
+    pub audit_last_sealed_seq: IntGauge,
+    pub audit_last_seal_time: Gauge,
+    /// The audit log file was deleted, moved, replaced or truncated under the agent.
+    pub audit_log_reopened: IntCounterVec,
     /// Connected API clients.
     pub api_clients: IntGauge,
     /// Events dropped for API clients that read too slowly.
     pub api_client_drops: IntCounter,
+    /// Clients sent away because `[api] max_clients` were connected.
+    pub api_clients_refused: IntCounter,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -100,13 +119,25 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 impl Metrics {
-    pub fn new(options: MetricsOptions, probes: &[ProbeStatus]) -> Self {
+    /// `sensors`: what each sensor reports, so every series a dashboard
+    /// alerts on exists from the start, at zero.
+    pub fn new(
+        options: MetricsOptions,
+        probes: &[ProbeStatus],
+        sensors: &[&Declaration],
+        sensor_states: &[SensorStatus],
+    ) -> Self {
         let r = Registry::new();
         let build = gauge_vec(&r, "nstrail_build_info", "Build of the running agent (always 1).", &["version"]);
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let metrics = Self {
             events: counter_vec(&r, "nstrail_events_total", "Events reported, by type.", &["type"]),
-            netns_created: counter_vec(&r, "nstrail_netns_created_total", "Network namespaces created, by the call that made them.", &["via"]),
+            netns_created: counter_vec(
+                &r,
+                "nstrail_netns_created_total",
+                "Network namespaces created, by the call that made them.",
+                &["via"],
+            ),
             sysctl_writes: counter_vec(
                 &r,
                 "nstrail_sysctl_writes_total",
@@ -119,10 +150,36 @@ impl Metrics {
                 "Network devices moved between namespaces, by link kind (none for physical devices).",
                 &["kind"],
             ),
-            lost: counter_vec(&r, "nstrail_events_lost_total", "Events lost in the kernel (ring buffer full), by type.", &["type"]),
+            lost: counter_vec(
+                &r,
+                "nstrail_events_lost_total",
+                "Events lost in the kernel (ring buffer full), by type.",
+                &["type"],
+            ),
             decode_errors: counter(&r, "nstrail_decode_errors_total", "Kernel records the agent could not decode."),
-            probes: gauge_vec(&r, "nstrail_probes", "Probes by state (attached, failed).", &["state"]),
+            probes: gauge_vec(
+                &r,
+                "nstrail_probes",
+                "Probes by sensor, backend and state (attached, failed).",
+                &["sensor", "backend", "state"],
+            ),
+            sensors: gauge_vec(
+                &r,
+                "nstrail_sensors",
+                "Sensors by backend and state (attached, degraded, failed): 1 for the state each is in.",
+                &["sensor", "backend", "state"],
+            ),
             live_netns: gauge(&r, "nstrail_netns_live", "Network namespaces alive now."),
+            without_processes: gauge(
+                &r,
+                "nstrail_netns_without_processes",
+                "Live network namespaces (the host's aside) with no member process now, kept by a bind mount or an fd.",
+            ),
+            leaked: counter(
+                &r,
+                "nstrail_netns_leaked_total",
+                "Namespaces that stayed without a member process for longer than [inventory] leak_age, claimed by no running container (netns_leaked records).",
+            ),
             netns_info: gauge_vec(
                 &r,
                 "nstrail_netns_info",
@@ -130,21 +187,80 @@ impl Metrics {
                 &["inode", "id", "name", "container"],
             ),
             log_write_errors: counter(&r, "nstrail_log_write_errors_total", "Failed writes to the audit log."),
+            audit_sealed: gauge(&r, "nstrail_audit_sealed", "1 when the audit log is sealed with a key."),
+            audit_seal_epoch: gauge(&r, "nstrail_audit_seal_epoch", "Epoch of the last seal written to the audit log."),
+            audit_last_sealed_seq: gauge(
+                &r,
+                "nstrail_audit_last_sealed_seq",
+                "Sequence number of the last event covered by an audit log seal (0 before the first).",
+            ),
+            audit_last_seal_time: {
+                let metric = Gauge::new(
+                    "nstrail_audit_last_seal_timestamp_seconds",
+                    "Unix time of the last seal written to the audit log (0 before the first).",
+                )
+                .expect("valid metric");
+                r.register(Box::new(metric.clone())).expect("unique metric");
+                metric
+            },
+            audit_log_reopened: counter_vec(
+                &r,
+                "nstrail_audit_log_reopened_total",
+                "The audit log file was deleted, moved, replaced or truncated while the agent wrote it.",
+                &["reason"],
+            ),
             api_clients: gauge(&r, "nstrail_api_clients", "Clients connected to the local API."),
-            api_client_drops: counter(&r, "nstrail_api_client_drops_total", "Events dropped for API clients that read too slowly."),
+            api_client_drops: counter(
+                &r,
+                "nstrail_api_client_drops_total",
+                "Events dropped for API clients that read too slowly.",
+            ),
+            api_clients_refused: counter(
+                &r,
+                "nstrail_api_clients_refused_total",
+                "API clients sent away because the most served at once were connected (a silent one replaced, a stream over the limit, a connection with no place to free).",
+            ),
             registry: r,
             options,
         };
-        // Every series a dashboard alerts on exists from the start, at zero.
-        for kind in ["netns_create", "netns_enter", "netns_destroy", "sysctl_write", "device_move", "veth_create"] {
-            metrics.events.with_label_values(&[kind]).inc_by(0);
+        for reason in ["deleted", "moved", "replaced", "truncated"] {
+            metrics.audit_log_reopened.with_label_values(&[reason]).inc_by(0);
         }
-        for kind in ["netns_create", "netns_enter", "netns_destroy", "sysctl_write", "device_actor", "device_notification"] {
-            metrics.lost.with_label_values(&[kind]).inc_by(0);
+        for sensor in sensors {
+            for kind in sensor.events {
+                metrics.events.with_label_values(&[kind]).inc_by(0);
+            }
+            for kind in sensor.records.iter().map(|r| r.lost_as).chain(sensor.losses.iter().copied()) {
+                metrics.lost.with_label_values(&[kind]).inc_by(0);
+            }
         }
-        let attached = probes.iter().filter(|p| p.attached).count() as i64;
-        metrics.probes.with_label_values(&["attached"]).set(attached);
-        metrics.probes.with_label_values(&["failed"]).set(probes.len() as i64 - attached);
+        for via in ALL_VIA {
+            metrics.netns_created.with_label_values(&[via.as_str()]).inc_by(0);
+        }
+        let sysctls = metrics.options.sysctl_labels.iter().map(String::as_str).chain([OTHER]);
+        for sysctl in sysctls {
+            for result in ALL_RESULTS {
+                metrics.sysctl_writes.with_label_values(&[sysctl, result.as_str()]).inc_by(0);
+            }
+        }
+        for kind in KNOWN_DEVICE_KINDS {
+            metrics.device_moves.with_label_values(&[kind]).inc_by(0);
+        }
+        // The agent's own records.
+        metrics.events.with_label_values(&["netns_leaked"]).inc_by(0);
+        for status in sensor_states {
+            for state in [SensorState::Attached, SensorState::Degraded, SensorState::Failed] {
+                let value = (status.state == state) as i64;
+                metrics.sensors.with_label_values(&[&status.sensor, &status.backend, state.as_str()]).set(value);
+            }
+        }
+        for probe in probes {
+            for state in ["attached", "failed"] {
+                metrics.probes.with_label_values(&[&probe.sensor, &probe.backend, state]).add(0);
+            }
+            let state = if probe.attached { "attached" } else { "failed" };
+            metrics.probes.with_label_values(&[&probe.sensor, &probe.backend, state]).inc();
+        }
         metrics
     }
 
@@ -162,6 +278,7 @@ impl Metrics {
                 self.device_moves.with_label_values(&[device.kind.as_deref().unwrap_or("none")]).inc();
             }
             EventBody::Lost { count, event_type } => self.lost.with_label_values(&[event_type]).inc_by(*count),
+            EventBody::NetnsLeaked { .. } => self.leaked.inc(),
             _ => {}
         }
     }
@@ -173,6 +290,7 @@ impl Metrics {
     /// The exposition text, with the gauges that come from the inventory refreshed.
     pub fn render(&self, inventory: &Inventory) -> String {
         self.live_netns.set(inventory.live_count() as i64);
+        self.without_processes.set(inventory.without_processes() as i64);
         self.netns_info.reset();
         if self.options.netns_info {
             for (inode, id, name, container) in inventory.info_labels(self.options.netns_info_limit) {
@@ -185,49 +303,54 @@ impl Metrics {
     }
 }
 
-/// Serves GET /metrics until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, inventory: Arc<Mutex<Inventory>>) {
-    loop {
-        if let Ok((stream, _)) = listener.accept().await {
-            let (metrics, inventory) = (metrics.clone(), inventory.clone());
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &metrics, &inventory)).await;
-            });
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new variant stops the build here until it is in the lists too.
+    #[test]
+    fn every_variant_is_listed() {
+        for (i, via) in ALL_VIA.into_iter().enumerate() {
+            let at = match via {
+                CreateVia::Unshare => 0,
+                CreateVia::Clone => 1,
+                CreateVia::Clone3 => 2,
+                CreateVia::Fork => 3,
+                CreateVia::Vfork => 4,
+                CreateVia::Unknown => 5,
+            };
+            assert_eq!(at, i);
+        }
+        for (i, result) in ALL_RESULTS.into_iter().enumerate() {
+            let at = match result {
+                SysctlResult::Applied => 0,
+                SysctlResult::Rejected => 1,
+                SysctlResult::Denied => 2,
+                SysctlResult::Unknown => 3,
+            };
+            assert_eq!(at, i);
         }
     }
-}
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics, inventory: &Mutex<Inventory>) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 || head.len() > 16 * 1024 {
-            return Ok(());
+    #[test]
+    fn counters_with_known_labels_start_at_zero() {
+        let options = MetricsOptions {
+            sysctl_labels: ["net.ipv4.ip_forward".to_owned()].into_iter().collect(),
+            ..Default::default()
+        };
+        let text = Metrics::new(options, &[], &[], &[]).render(&Inventory::default());
+        for via in ["unshare", "clone", "clone3", "fork", "vfork", "unknown"] {
+            assert!(text.contains(&format!("nstrail_netns_created_total{{via=\"{via}\"}} 0\n")), "{via}: {text}");
         }
-        head.extend_from_slice(&buf[..n]);
+        for sysctl in ["net.ipv4.ip_forward", "other"] {
+            for result in ["applied", "rejected", "denied", "unknown"] {
+                let series = format!("nstrail_sysctl_writes_total{{result=\"{result}\",sysctl=\"{sysctl}\"}} 0\n");
+                assert!(text.contains(&series), "{series}: {text}");
+            }
+        }
+        assert_eq!(text.matches("nstrail_sysctl_writes_total{").count(), 8, "only configured names and other");
+        for kind in ["veth", "none"] {
+            assert!(text.contains(&format!("nstrail_device_moves_total{{kind=\"{kind}\"}} 0\n")), "{kind}: {text}");
+        }
     }
-    let request_line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let request_line = String::from_utf8_lossy(request_line);
-    let mut parts = request_line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = if method != "GET" {
-        ("405 Method Not Allowed", "text/plain", "only GET is served\n".to_owned())
-    } else if target == "/metrics" || target.starts_with("/metrics?") {
-        let text = metrics.render(&inventory.lock().expect("inventory lock"));
-        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
-    } else {
-        ("404 Not Found", "text/plain", "nstrail serves /metrics\n".to_owned())
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Binds the metrics listener; a clear error when the address is taken.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::Error> {
-    TcpListener::bind(addr).await.map_err(|source| crate::Error::MetricsBind { addr, source })
 }

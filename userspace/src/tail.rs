@@ -4,15 +4,15 @@
 
 use std::{
     io::{BufRead, Write},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use anyhow::Context as _;
 use nstrail::{
-    audit::{rotated, split_line},
+    audit::{log_files, split_line},
+    event::filter::{since_timestamp, Filter},
     event::Event,
     export::text::format_line,
-    filter::{since_timestamp, Filter},
 };
 use serde_json::Value;
 
@@ -39,10 +39,19 @@ impl Printer {
                 return Ok(());
             }
             Some("audit_gap") => {
-                eprintln!("nstrail tail: the audit log marks {} lost records here", record["records_lost"]);
+                match record["cause"].as_str() {
+                    Some(cause) if cause != "backlog" => {
+                        eprintln!(
+                            "nstrail tail: the audit log marks its file {} here ({} records lost)",
+                            nstrail::event::text::terminal_safe(cause),
+                            record["records_lost"]
+                        )
+                    }
+                    _ => eprintln!("nstrail tail: the audit log marks {} lost records here", record["records_lost"]),
+                }
                 return Ok(());
             }
-            Some("audit_segment") => return Ok(()),
+            Some("audit_segment" | "audit_seal" | "audit_stop") => return Ok(()),
             _ => {}
         }
         if !self.filter.matches(record) {
@@ -55,23 +64,17 @@ impl Printer {
             let text = format_line(&event);
             if self.colour {
                 let kind = event.body.type_name();
-                writeln!(out, "{}", text.replacen(&format!("#{} ", event.seq), &format!("#{} \x1b[1;36m{kind}\x1b[0m ", event.seq), 1))?;
+                writeln!(
+                    out,
+                    "{}",
+                    text.replacen(&format!("#{} ", event.seq), &format!("#{} \x1b[1;36m{kind}\x1b[0m ", event.seq), 1)
+                )?;
             } else {
                 writeln!(out, "{text}")?;
             }
         }
         out.flush()
     }
-}
-
-/// Log files oldest first: events.jsonl.N ... events.jsonl.1, events.jsonl.
-fn log_files(path: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = (1..=1000).map(|n| rotated(path, n)).take_while(|p| p.exists()).collect();
-    files.reverse();
-    if path.exists() {
-        files.push(path.to_path_buf());
-    }
-    files
 }
 
 extern "C" fn leave_quietly(_: libc::c_int) {
@@ -85,13 +88,13 @@ pub fn run(options: TailOptions) -> anyhow::Result<()> {
         libc::signal(libc::SIGINT, leave_quietly as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, leave_quietly as *const () as libc::sighandler_t);
     }
-    // SAFETY: isatty has no preconditions.
-    let colour = !options.json && unsafe { libc::isatty(1) } == 1;
+    let colour = !options.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut printer = Printer { filter: options.filter, json: options.json, colour, out: std::io::stdout() };
 
     let mut after_seq = None;
     if let Some(since) = &options.since {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
         let since = since_timestamp(since, now).map_err(anyhow::Error::msg)?;
         let files = log_files(&options.audit_log);
         if files.is_empty() {
@@ -101,7 +104,9 @@ pub fn run(options: TailOptions) -> anyhow::Result<()> {
             );
         }
         for file in files {
-            let reader = std::io::BufReader::new(std::fs::File::open(&file).with_context(|| format!("reading {}", file.display()))?);
+            let reader = std::io::BufReader::new(
+                std::fs::File::open(&file).with_context(|| format!("reading {}", file.display()))?,
+            );
             for line in reader.lines() {
                 let line = line.with_context(|| format!("reading {}", file.display()))?;
                 let Some((json, _, _)) = split_line(&line) else { continue };
@@ -123,7 +128,7 @@ pub fn run(options: TailOptions) -> anyhow::Result<()> {
         after_seq = after_seq.or(Some(0));
     }
 
-    let reader = nstrail::api::subscribe(&options.socket, after_seq)?;
+    let reader = nstrail::serve::api::subscribe(&options.socket, after_seq)?;
     for line in reader.lines() {
         let line = line.context("reading from the agent")?;
         let Ok(record) = serde_json::from_str::<Value>(&line) else { continue };

@@ -24,6 +24,17 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("runc", "runc"),
     ("busybox", "busybox-static"),
     ("promtool", "prometheus"),
+    // tests/docker.rs, deploy_*.rs, prometheus.rs (Debian's docker CLI: another may come first in PATH).
+    ("/usr/bin/docker", "docker.io"),
+    ("/usr/sbin/dockerd", "docker.io"),
+    ("containerd", "containerd"),
+    ("prometheus", "prometheus"),
+    ("systemd-analyze", "systemd"),
+    ("/usr/share/doc/python3-venv/copyright", "python3-venv"),
+    ("file", "file"),
+    // cargo xtask dist
+    ("strip", "binutils"),
+    ("dpkg-deb", "dpkg"),
 ];
 
 /// What later steps need from setup.
@@ -46,8 +57,10 @@ impl BuildEnv {
 pub fn run() -> Result<BuildEnv> {
     let nightly = nightly_info()?;
     ensure_rust_src()?;
+    ensure_lint_tools()?;
     let linker_dir = ensure_bpf_linker(&nightly)?;
     ensure_test_tools()?;
+    crate::dist::ensure_python_tools()?;
     Ok(BuildEnv { linker_dir })
 }
 
@@ -77,20 +90,36 @@ fn nightly_info() -> Result<Nightly> {
         );
     }
     let text = String::from_utf8_lossy(&verbose.stdout);
-    let field = |name: &str| {
-        text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_default()
-    };
+    let field =
+        |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_default();
     let commit = field("commit-hash:");
     let llvm = field("LLVM version:");
     if llvm.is_empty() {
         bail!("`rustc +{NIGHTLY} -vV` printed no LLVM version");
     }
-    let sysroot = output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]), "rustc --print sysroot")?;
+    let sysroot =
+        output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]), "rustc --print sysroot")?;
     Ok(Nightly {
         sysroot: PathBuf::from(sysroot.trim()),
         cache_key: format!("{}-llvm{llvm}", &commit[..commit.len().min(12)]),
         llvm_major: llvm.split('.').next().unwrap_or_default().to_owned(),
     })
+}
+
+/// rustfmt and clippy for the default toolchain: `cargo xtask test` checks the tree with both.
+fn ensure_lint_tools() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed"]), "rustup component list")?;
+    let missing: Vec<&str> =
+        ["rustfmt", "clippy"].into_iter().filter(|c| !installed.lines().any(|l| l.starts_with(c))).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" and "));
+    let status = Command::new("rustup").args(["component", "add"]).args(&missing).status()?;
+    if !status.success() {
+        bail!("could not install {}: run `rustup component add {}`", missing.join(", "), missing.join(" "));
+    }
+    Ok(())
 }
 
 fn ensure_rust_src() -> Result<()> {
@@ -110,7 +139,7 @@ fn ensure_rust_src() -> Result<()> {
     Ok(())
 }
 
-fn cache_root() -> PathBuf {
+pub fn cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("NSTRAIL_CACHE_DIR") {
         return PathBuf::from(dir);
     }
@@ -127,7 +156,9 @@ fn nightly_libllvm(sysroot: &Path) -> Result<PathBuf> {
     let mut found: Vec<PathBuf> = fs::read_dir(&lib)
         .with_context(|| format!("listing {}", lib.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM") && n.contains(".so")))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM") && n.contains(".so"))
+        })
         .collect();
     found.sort();
     // Prefer the versioned file the linker's RUNPATH asks for (libLLVM.so.N.M-rust-...).
@@ -143,7 +174,13 @@ fn ensure_bpf_linker(nightly: &Nightly) -> Result<PathBuf> {
     let prefix = cache_root().join("bpf-linker").join(&nightly.cache_key);
     let bin_dir = prefix.join("bin");
     let linker = bin_dir.join("bpf-linker");
-    if Command::new(&linker).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
+    if Command::new(&linker)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
         eprintln!("setup: bpf-linker {BPF_LINKER_VERSION}: cached at {}", linker.display());
         return Ok(bin_dir);
     }
@@ -175,28 +212,44 @@ fn ensure_bpf_linker(nightly: &Nightly) -> Result<PathBuf> {
 }
 
 fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
-        .unwrap_or(false)
+    if cmd.starts_with('/') {
+        return Path::new(cmd).is_file();
+    }
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file())).unwrap_or(false)
         || ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().any(|d| Path::new(d).join(cmd).is_file())
 }
 
 fn ensure_test_tools() -> Result<()> {
-    let mut missing: Vec<&str> = TEST_TOOLS.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
+    ensure_packages("test tools", TEST_TOOLS)
+}
+
+/// Installs the Debian package of every command (or absolute file path)
+/// in `tools` that is missing.
+pub fn ensure_packages(what: &str, tools: &[(&str, &str)]) -> Result<()> {
+    let mut missing: Vec<&str> = tools.iter().filter(|(cmd, _)| !on_path(cmd)).map(|(_, pkg)| *pkg).collect();
     missing.sort();
     missing.dedup();
     if missing.is_empty() {
-        eprintln!("setup: test tools (iproute2, util-linux, procps, runc, busybox-static, prometheus): present");
+        let mut all: Vec<&str> = Vec::new();
+        for (_, pkg) in tools {
+            if !all.contains(pkg) {
+                all.push(pkg);
+            }
+        }
+        eprintln!("setup: {what} ({}): present", all.join(", "));
         return Ok(());
     }
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
-    let apt = |args: &[&str]| {
-        Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status()
-    };
+    let apt = |args: &[&str]| Command::new("apt-get").args(args).env("DEBIAN_FRONTEND", "noninteractive").status();
     let ok = apt(&["update", "-q"]).is_ok_and(|s| s.success())
-        && apt(&[&["install", "-y", "-q", "--no-install-recommends"][..], &missing].concat()).is_ok_and(|s| s.success());
+        && apt(&[&["install", "-y", "-q", "--no-install-recommends"][..], &missing].concat())
+            .is_ok_and(|s| s.success());
     if !ok {
-        bail!("could not install {}: run `apt-get update && apt-get install -y {}` as root", missing.join(" "), missing.join(" "));
+        bail!(
+            "could not install {}: run `apt-get update && apt-get install -y {}` as root",
+            missing.join(" "),
+            missing.join(" ")
+        );
     }
     Ok(())
 }

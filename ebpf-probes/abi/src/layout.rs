@@ -41,6 +41,34 @@ pub struct KernelLayout {
     pub nr_clone3: u32,
     pub nr_fork: u32,
     pub nr_vfork: u32,
+    /// Syscall numbers telling a namespace switch by unshare from one by setns.
+    pub nr_unshare: u32,
+    pub nr_setns: u32,
+    /// Address of the kernel's `is_seen` (net/sysctl_net.c): the sysctl
+    /// sets of network namespaces have it as `is_seen`, so a /proc/sys
+    /// file's namespace is found from its table header; 0 when unknown.
+    pub sysctl_net_is_seen_addr: u64,
+    /// `bpf_sysctl_kern.head` (the table header of the file written)
+    pub bpf_sysctl_kern_head: u32,
+    /// `ctl_table_header.set`
+    pub ctl_table_header_set: u32,
+    /// `ctl_table_set.is_seen`
+    pub ctl_table_set_is_seen: u32,
+    /// `net.sysctls` (the namespace's `ctl_table_set`)
+    pub net_sysctls: u32,
+    /// `net_device.name`, `.ifindex`, `.nd_net.net`, `.rtnl_link_ops`; and
+    /// `rtnl_link_ops.kind` (the probes of device functions need them;
+    /// `u32::MAX` when the kernel lacks one).
+    pub netdev_name: u32,
+    pub netdev_ifindex: u32,
+    pub netdev_net: u32,
+    pub netdev_link_ops: u32,
+    pub link_ops_kind: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 12 * 4 + 8 + 4 * 4);
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], integers and integer arrays only, no implicit padding (size asserted below).
+unsafe impl aya::Pod for KernelLayout {}
+
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 12 * 4 + 8 + 4 * 4 + 2 * 4 + 8 + 4 * 4 + 6 * 4);

@@ -24,8 +24,12 @@ pub mod event_kind {
     pub const SYSCTL_WRITE: u32 = 4;
     /// Who caused a link notification (see [`crate::device::LinkNotifyEvent`]).
     pub const LINK_NOTIFY: u32 = 5;
+    /// A device moved between namespaces, seen in the kernel function that moves it.
+    pub const DEVICE_MOVE: u32 = 6;
+    /// A veth pair created with its ends in different namespaces.
+    pub const VETH_CREATE: u32 = 7;
     /// One past the largest kind: the length of the lost-events counter array.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
 }
 
 /// Names of the maps the agent opens. One place, so neither side spells them twice.
@@ -34,12 +38,26 @@ pub mod map_name {
     pub const LOST_EVENTS: &str = "LOST_EVENTS";
     pub const PROBE_ERRORS: &str = "PROBE_ERRORS";
     pub const SYSCTL_POLICY: &str = "SYSCTL_POLICY";
+    /// The device sensor's own ring: who caused each link notification.
+    pub const DEVICE_ACTORS: &str = "DEVICE_ACTORS";
+    /// Switches userspace sets once it knows which probes attached
+    /// (indices in [`crate::config_slot`]).
+    pub const PROBE_CONFIG: &str = "PROBE_CONFIG";
 }
 
 /// Name of the global the agent fills with struct offsets of the running kernel.
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";
 /// Name of the global holding the host network namespace's cookie (that of pid 1).
 pub const HOST_NETNS_COOKIE_GLOBAL: &str = "HOST_NETNS_COOKIE";
+
+/// Slots of the `PROBE_CONFIG` array (u32 each, 0 until userspace sets them).
+pub mod config_slot {
+    /// 1: a program on the return of the sysctl handler reports each
+    /// write's outcome, so the cgroup/sysctl program parks writes for it;
+    /// 0: it reports them at once (userspace checks the outcome).
+    pub const SYSCTL_OUTCOME_PROBE: u32 = 0;
+    pub const COUNT: u32 = 1;
+}
 
 /// Indices of the per-CPU `PROBE_ERRORS` counters.
 pub mod probe_error {
@@ -68,6 +86,10 @@ pub struct EventHeader {
     pub boot_ns: u64,
 }
 
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], integers and integer arrays only, no implicit padding (size asserted below).
+unsafe impl aya::Pod for EventHeader {}
+
 /// The task that caused an event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,6 +109,10 @@ pub struct Actor {
     pub comm: [u8; TASK_COMM_LEN],
 }
 
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], integers and integer arrays only, no implicit padding (size asserted below).
+unsafe impl aya::Pod for Actor {}
+
 /// Identity of a network namespace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -99,22 +125,10 @@ pub struct NetnsRef {
     pub cookie: u64,
 }
 
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], integers and integer arrays only, no implicit padding (size asserted below).
+unsafe impl aya::Pod for NetnsRef {}
+
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<Actor>() == 48);
 const _: () = assert!(core::mem::size_of::<NetnsRef>() == 16);
-
-#[cfg(feature = "user")]
-mod pod {
-    // SAFETY: all of these are #[repr(C)], made of integers and integer
-    // arrays only, with no implicit padding (sizes asserted above).
-    unsafe impl aya::Pod for super::EventHeader {}
-    unsafe impl aya::Pod for super::Actor {}
-    unsafe impl aya::Pod for super::NetnsRef {}
-    unsafe impl aya::Pod for super::KernelLayout {}
-    unsafe impl aya::Pod for super::netns::NetnsCreateEvent {}
-    unsafe impl aya::Pod for super::netns::NetnsEnterEvent {}
-    unsafe impl aya::Pod for super::netns::NetnsDestroyEvent {}
-    unsafe impl aya::Pod for super::sysctl::SysctlWriteEvent {}
-    unsafe impl aya::Pod for super::sysctl::SysctlRule {}
-    unsafe impl aya::Pod for super::device::LinkNotifyEvent {}
-}

@@ -19,6 +19,8 @@ pub mod destroy_seen_at {
     pub const CLEANUP_START: u32 = 1;
     /// Dropped to zero while `cleanup_net` was already starting; found when it ended.
     pub const CLEANUP_END: u32 = 2;
+    /// Seen in the kernel's per-namespace exit function (`proc_net_ns_exit`).
+    pub const NET_EXIT: u32 = 3;
 }
 
 /// A task made a new network namespace (unshare, or clone with CLONE_NEWNET).
@@ -40,6 +42,10 @@ pub struct NetnsCreateEvent {
     pub _pad: u32,
 }
 
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], integers and integer arrays only, no implicit padding (size asserted below).
+unsafe impl aya::Pod for NetnsCreateEvent {}
+
 /// A task switched into a different, existing network namespace (setns).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,6 +57,10 @@ pub struct NetnsEnterEvent {
     /// The namespace the thread left.
     pub from_netns: NetnsRef,
 }
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], integers and integer arrays only, no implicit padding (size asserted below).
+unsafe impl aya::Pod for NetnsEnterEvent {}
 
 /// The kernel tore a network namespace down.
 #[repr(C)]
@@ -64,6 +74,10 @@ pub struct NetnsDestroyEvent {
     pub seen_at: u32,
     pub _pad: u32,
 }
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], integers and integer arrays only, no implicit padding (size asserted below).
+unsafe impl aya::Pod for NetnsDestroyEvent {}
 
 const _: () = assert!(core::mem::size_of::<NetnsCreateEvent>() == 16 + 48 + 16 + 16 + 16);
 const _: () = assert!(core::mem::size_of::<NetnsEnterEvent>() == 16 + 48 + 16 + 16);

@@ -20,6 +20,9 @@ pub mod sysctl_result {
     /// The write did not come back through a syscall nstrail watches
     /// (io_uring, splice): the outcome is unknown.
     pub const UNKNOWN: u32 = 4;
+    /// No probe saw the handler return on this kernel: the agent checks
+    /// the outcome itself (never in an event).
+    pub const UNCHECKED: u32 = 5;
 }
 
 /// Bits of [`SysctlWriteEvent::flags`].
@@ -31,7 +34,11 @@ pub mod sysctl_flags {
     pub const OLD_UNAVAILABLE: u32 = 8;
 }
 
-/// A write to a file under /proc/sys.
+/// Bytes of [`SysctlWriteEvent::text`]: name, old and new value, packed.
+pub const SYSCTL_TEXT_LEN: usize = SYSCTL_NAME_LEN + 2 * SYSCTL_VALUE_LEN;
+
+/// A write to a file under /proc/sys. In the ring buffer it is only as long
+/// as its text: [`SYSCTL_WRITE_FIXED`] bytes, then `name_len + old_len + new_len`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SysctlWriteEvent {
@@ -51,9 +58,50 @@ pub struct SysctlWriteEvent {
     /// 1-based index of the policy rule that decided; 0 when none matched.
     pub rule: u32,
     pub _pad: u32,
-    pub name: [u8; SYSCTL_NAME_LEN],
-    pub old_value: [u8; SYSCTL_VALUE_LEN],
-    pub new_value: [u8; SYSCTL_VALUE_LEN],
+    /// The name (slash form), then the old value, then the new one, each
+    /// `*_len` bytes long, one after the other.
+    pub text: [u8; SYSCTL_TEXT_LEN],
+}
+
+/// Bytes of a [`SysctlWriteEvent`] before its text.
+pub const SYSCTL_WRITE_FIXED: usize = core::mem::size_of::<SysctlWriteEvent>() - SYSCTL_TEXT_LEN;
+
+impl SysctlWriteEvent {
+    /// Bytes of the record as written to the ring buffer.
+    pub fn wire_len(&self) -> usize {
+        SYSCTL_WRITE_FIXED + self.text_len()
+    }
+
+    fn text_len(&self) -> usize {
+        (self.name_len as usize + self.old_len as usize + self.new_len as usize).min(SYSCTL_TEXT_LEN)
+    }
+
+    fn part(&self, start: usize, len: u32) -> &[u8] {
+        let start = start.min(SYSCTL_TEXT_LEN);
+        &self.text[start..(start + len as usize).min(SYSCTL_TEXT_LEN)]
+    }
+
+    pub fn name(&self) -> &[u8] {
+        self.part(0, self.name_len)
+    }
+
+    pub fn old_value(&self) -> &[u8] {
+        self.part(self.name_len as usize, self.old_len)
+    }
+
+    pub fn new_value(&self) -> &[u8] {
+        self.part(self.name_len as usize + self.old_len as usize, self.new_len)
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], integers and integer arrays only, no implicit padding (size asserted below).
+unsafe impl aya::Pod for SysctlWriteEvent {}
+
+impl Default for SysctlWriteEvent {
+    fn default() -> Self {
+        Self::zeroed()
+    }
 }
 
 impl SysctlWriteEvent {
@@ -70,9 +118,7 @@ impl SysctlWriteEvent {
             new_len: 0,
             rule: 0,
             _pad: 0,
-            name: [0; SYSCTL_NAME_LEN],
-            old_value: [0; SYSCTL_VALUE_LEN],
-            new_value: [0; SYSCTL_VALUE_LEN],
+            text: [0; SYSCTL_TEXT_LEN],
         }
     }
 }
@@ -108,6 +154,10 @@ pub struct SysctlRule {
     pub comm: [u8; TASK_COMM_LEN],
 }
 
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], integers and integer arrays only, no implicit padding (size asserted below).
+unsafe impl aya::Pod for SysctlRule {}
+
 impl SysctlRule {
     pub const fn empty() -> Self {
         Self {
@@ -122,4 +172,5 @@ impl SysctlRule {
 }
 
 const _: () = assert!(core::mem::size_of::<SysctlWriteEvent>() == 16 + 48 + 16 + 32 + 3 * 128);
+const _: () = assert!(SYSCTL_WRITE_FIXED == 112);
 const _: () = assert!(core::mem::size_of::<SysctlRule>() == 16 + 128 + 16);

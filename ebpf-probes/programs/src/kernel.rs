@@ -2,8 +2,8 @@
 //! running kernel's BTF (see `nstrail_abi::layout`).
 
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+    bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_task_pt_regs,
 };
 use nstrail_abi::{layout::LAYOUT_MAGIC, probe_error, Actor, EventHeader, KernelLayout, NetnsRef};
 
@@ -29,6 +29,19 @@ pub(crate) static LAYOUT: KernelLayout = KernelLayout {
     nr_clone3: 0,
     nr_fork: 0,
     nr_vfork: 0,
+    nr_unshare: 0,
+    nr_setns: 0,
+    sysctl_net_is_seen_addr: 0,
+    bpf_sysctl_kern_head: 0,
+    ctl_table_header_set: 0,
+    ctl_table_set_is_seen: 0,
+    net_sysctls: 0,
+    netdev_name: 0,
+    netdev_ifindex: 0,
+    netdev_net: 0,
+    netdev_link_ops: 0,
+    link_ops_kind: 0,
+    _pad: 0,
 };
 
 /// Reads one field of [`LAYOUT`] so the compiler cannot fold the zero default.
@@ -92,11 +105,7 @@ pub fn task_nsproxy_net(nsproxy: u64) -> Result<u64, ReadFailed> {
 /// Inode and cookie of a `struct net`.
 #[inline(always)]
 pub fn netns_ref(net: u64) -> Result<NetnsRef, ReadFailed> {
-    Ok(NetnsRef {
-        inode: read_at(net, layout!(net_inum))?,
-        _pad: 0,
-        cookie: read_at(net, layout!(net_cookie))?,
-    })
+    Ok(NetnsRef { inode: read_at(net, layout!(net_inum))?, _pad: 0, cookie: read_at(net, layout!(net_cookie))? })
 }
 
 /// The namespace the current thread is in.
@@ -110,6 +119,40 @@ pub fn current_netns() -> Result<(u64, NetnsRef), ReadFailed> {
 #[inline(always)]
 pub fn task_ids(task: u64) -> Result<(u32, u32), ReadFailed> {
     Ok((read_at(task, layout!(task_tgid))?, read_at(task, layout!(task_pid))?))
+}
+
+/// The syscall the current task is in (from its saved registers), or
+/// `u32::MAX` when that cannot be told.
+#[inline(always)]
+pub fn current_syscall_nr() -> u32 {
+    let offset = layout!(pt_regs_syscall_nr);
+    if offset == u32::MAX {
+        return u32::MAX;
+    }
+    // SAFETY: the helper returns the current task as a trusted pointer, and
+    // bpf_task_pt_regs accepts exactly that.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    read_at::<u64>(regs, offset).map(|nr| nr as u32).unwrap_or(u32::MAX)
+}
+
+/// `N` bytes at `base + offset` (a name or kind buffer), zeros when unreadable.
+#[inline(always)]
+pub fn read_bytes<const N: usize>(base: u64, offset: u32) -> [u8; N] {
+    if offset == u32::MAX {
+        return [0; N];
+    }
+    read_at::<[u8; N]>(base, offset).unwrap_or([0; N])
+}
+
+/// Up to `N` bytes of the NUL-terminated string `ptr` points to.
+#[inline(always)]
+pub fn read_str<const N: usize>(ptr: u64) -> [u8; N] {
+    let mut out = [0u8; N];
+    if ptr != 0 {
+        // SAFETY: the helper checks the address and stops at N bytes or NUL.
+        let _ = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(ptr as *const u8, &mut out) };
+    }
+    out
 }
 
 pub fn header(kind: u32) -> EventHeader {

@@ -10,7 +10,12 @@ use nstrail_abi::{event_kind, probe_error, NetnsRef};
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
-/// Events that did not fit in `EVENTS`, per event kind.
+/// Actor records of link notifications, read by the device sensor's own
+/// thread right before the notifications themselves.
+#[map]
+pub static DEVICE_ACTORS: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
+
+/// Records that did not fit in their ring buffer, per event kind.
 #[map]
 pub static LOST_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event_kind::COUNT, 0);
 
@@ -20,8 +25,7 @@ pub static PROBE_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(probe_
 
 /// The netns a thread was in when it entered unshare/setns, keyed by pid_tgid.
 #[map]
-pub static NETNS_BEFORE_SYSCALL: LruHashMap<u64, NetnsRef> =
-    LruHashMap::with_max_entries(16384, 0);
+pub static NETNS_BEFORE_SYSCALL: LruHashMap<u64, NetnsRef> = LruHashMap::with_max_entries(16384, 0);
 
 /// Upper bound of namespaces the cleanup walk visits in one pass.
 pub const MAX_WALKED_NETNS: u32 = 65536;
@@ -49,10 +53,16 @@ pub static CLEANUP_STATE: Array<CleanupState> = Array::with_max_entries(1, 0);
 #[map]
 pub static DESTROY_REPORTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
-/// Writes an event into the ring buffer, or counts it lost.
+/// Writes an event into the shared ring buffer, or counts it lost.
 #[inline(always)]
 pub fn emit<T: 'static>(kind: u32, event: T) {
-    match EVENTS.reserve::<T>(0) {
+    emit_to(&EVENTS, kind, event)
+}
+
+/// Writes a record into `ring`, or counts it lost.
+#[inline(always)]
+pub fn emit_to<T: 'static>(ring: &RingBuf, kind: u32, event: T) {
+    match ring.reserve::<T>(0) {
         Some(mut slot) => {
             slot.write(event);
             slot.submit(0);

@@ -5,25 +5,25 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_loop, bpf_task_pt_regs},
+    macros::map,
+    maps::LruHashMap,
     programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use nstrail_abi::{
-    Actor, NetnsRef, event_kind,
-    netns::{
-        NetnsCreateEvent, NetnsDestroyEvent, NetnsEnterEvent, create_via, destroy_seen_at,
-    },
-    probe_error,
+    event_kind,
+    netns::{create_via, destroy_seen_at, NetnsCreateEvent, NetnsDestroyEvent, NetnsEnterEvent},
+    probe_error, Actor, NetnsRef,
 };
 
 use crate::{
     kernel::{
-        ReadFailed, current_actor, current_netns, current_task, header, layout, layout_ready,
-        netns_ref, read_at, task_ids, task_net, task_nsproxy, task_nsproxy_net,
+        current_actor, current_netns, current_syscall_nr, current_task, header, layout, layout_ready, netns_ref,
+        read_at, task_ids, task_net, task_nsproxy, task_nsproxy_net, ReadFailed,
     },
     maps::{
-        CLEANUP_SNAPSHOT, CLEANUP_STATE, DESTROY_REPORTED, MAX_WALKED_NETNS,
-        NETNS_BEFORE_SYSCALL, count_probe_error, emit,
+        count_probe_error, emit, CLEANUP_SNAPSHOT, CLEANUP_STATE, DESTROY_REPORTED, MAX_WALKED_NETNS,
+        NETNS_BEFORE_SYSCALL,
     },
 };
 
@@ -74,12 +74,7 @@ pub fn on_setns_exit(ctx: &TracePointContext) {
     };
     emit(
         event_kind::NETNS_ENTER,
-        NetnsEnterEvent {
-            header: header(event_kind::NETNS_ENTER),
-            actor,
-            netns: after,
-            from_netns: before,
-        },
+        NetnsEnterEvent { header: header(event_kind::NETNS_ENTER), actor, netns: after, from_netns: before },
     );
 }
 
@@ -110,6 +105,113 @@ fn netns_switched_by_syscall(ctx: &TracePointContext) -> Option<(NetnsRef, Netns
         return None;
     }
     Some((before, after, current_actor()))
+}
+
+// ---- unshare and setns at their commit: switch_task_namespaces ----------
+//
+// Where fentry or kprobes work: `switch_task_namespaces(task, new)` is the
+// point of no return of both unshare and setns (called only after every
+// failure point), so it fires for successful switches only, and nothing
+// else on the system pays. Its entry notes the namespaces before and after
+// (the old nsproxy may be freed inside it); its return reports, so the
+// task is in the new namespace when the event is read, as with the syscall
+// tracepoints. The syscall number in the task's saved registers tells
+// unshare from setns; thread exit (new == NULL) and switches that keep the
+// network namespace are skipped.
+
+/// A switch in progress, keyed by pid_tgid.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Switch {
+    before: NetnsRef,
+    after: NetnsRef,
+    via: u32,
+    _pad: u32,
+}
+
+/// `Switch::via` of a setns (an enter); anything else is a `create_via`.
+const VIA_SETNS: u32 = u32::MAX;
+
+#[map]
+static SWITCHING: LruHashMap<u64, Switch> = LruHashMap::with_max_entries(16384, 0);
+
+pub fn on_switch_start(task: u64, new_nsproxy: u64) {
+    if new_nsproxy == 0 || !layout_ready() {
+        return;
+    }
+    let _ = try_switch_start(task, new_nsproxy);
+}
+
+fn try_switch_start(task: u64, new_nsproxy: u64) -> Result<(), ReadFailed> {
+    let old_nsproxy = task_nsproxy(task)?;
+    if old_nsproxy == 0 {
+        return Ok(());
+    }
+    let before_net = task_nsproxy_net(old_nsproxy)?;
+    let after_net = task_nsproxy_net(new_nsproxy)?;
+    if before_net == after_net {
+        return Ok(());
+    }
+    let nr = current_syscall_nr();
+    let via = if nr == layout!(nr_unshare) {
+        create_via::UNSHARE
+    } else if nr == layout!(nr_setns) {
+        VIA_SETNS
+    } else {
+        return Ok(());
+    };
+    let switch = Switch { before: netns_ref(before_net)?, after: netns_ref(after_net)?, via, _pad: 0 };
+    let _ = SWITCHING.insert(bpf_get_current_pid_tgid(), switch, 0);
+    Ok(())
+}
+
+pub fn on_switch_end() {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before the entry is removed.
+    let Some(switch) = (unsafe { SWITCHING.get(key) }).copied() else {
+        return;
+    };
+    let _ = SWITCHING.remove(key);
+    if switch.via == VIA_SETNS {
+        emit(
+            event_kind::NETNS_ENTER,
+            NetnsEnterEvent {
+                header: header(event_kind::NETNS_ENTER),
+                actor: current_actor(),
+                netns: switch.after,
+                from_netns: switch.before,
+            },
+        );
+    } else {
+        emit(
+            event_kind::NETNS_CREATE,
+            NetnsCreateEvent {
+                header: header(event_kind::NETNS_CREATE),
+                actor: current_actor(),
+                netns: switch.after,
+                parent_netns: switch.before,
+                via: switch.via,
+                child_pid: 0,
+                child_tid: 0,
+                _pad: 0,
+            },
+        );
+    }
+}
+
+// ---- destruction at the namespace's own exit: proc_net_ns_exit ---------
+//
+// Where fentry or kprobes work: `proc_net_ns_exit(net)` is a pernet exit
+// operation registered at boot, called once per dying namespace (from the
+// cleanup worker) while the namespace is still readable. The unwinding of
+// a failed `setup_net` calls it too, with references still held: only a
+// zero reference count is a destroy.
+
+pub fn on_net_exit(net: u64) {
+    if !layout_ready() {
+        return;
+    }
+    report_if_dead(net, destroy_seen_at::NET_EXIT, &current_actor());
 }
 
 // ---- clone / clone3 / fork with CLONE_NEWNET ----------------------------
@@ -224,21 +326,10 @@ fn try_cleanup_start(work: u64) -> Result<(), ReadFailed> {
     let init_net = task_net(current_task())?;
     let init_node = init_net + layout!(net_list) as u64;
     let head: u64 = read_at(init_node, LIST_HEAD_PREV)?;
-    let mut walk = WalkContext {
-        head,
-        node: read_at(head, 0)?,
-        visited: 0,
-        _pad: 0,
-        actor: current_actor(),
-    };
+    let mut walk = WalkContext { head, node: read_at(head, 0)?, visited: 0, _pad: 0, actor: current_actor() };
     // SAFETY: the callback only touches `walk` through the pointer given here.
     unsafe {
-        bpf_loop(
-            MAX_WALKED_NETNS,
-            walk_at_start as *mut c_void,
-            &mut walk as *mut WalkContext as *mut c_void,
-            0,
-        );
+        bpf_loop(MAX_WALKED_NETNS, walk_at_start as *mut c_void, &mut walk as *mut WalkContext as *mut c_void, 0);
     }
     if walk.node != walk.head {
         count_probe_error(probe_error::NETNS_WALK_TRUNCATED);
@@ -286,12 +377,7 @@ pub fn on_work_end(ctx: &BtfTracePointContext) {
     let mut actor = current_actor();
     // SAFETY: the callback only touches `actor` through the pointer given here.
     unsafe {
-        bpf_loop(
-            len,
-            walk_at_end as *mut c_void,
-            &mut actor as *mut Actor as *mut c_void,
-            0,
-        );
+        bpf_loop(len, walk_at_end as *mut c_void, &mut actor as *mut Actor as *mut c_void, 0);
         (*state).work = 0;
         (*state).snapshot_len = 0;
     }
@@ -325,12 +411,6 @@ fn report_if_dead(net: u64, seen_at: u32, actor: &Actor) {
     let _ = DESTROY_REPORTED.insert(netns.cookie, 1, 0);
     emit(
         event_kind::NETNS_DESTROY,
-        NetnsDestroyEvent {
-            header: header(event_kind::NETNS_DESTROY),
-            actor: *actor,
-            netns,
-            seen_at,
-            _pad: 0,
-        },
+        NetnsDestroyEvent { header: header(event_kind::NETNS_DESTROY), actor: *actor, netns, seen_at, _pad: 0 },
     );
 }

@@ -1,32 +1,38 @@
 //! Sysctl writes: a cgroup/sysctl program on the cgroup2 root sees every
 //! /proc/sys access. Reads return at once. A write is described (name, old
-//! and new value, writer, its netns), checked against the policy, and then
-//! either denied on the spot or parked until its write-family syscall
-//! returns, whose return value tells whether the kernel applied it.
+//! and new value, writer, the namespace of the file written), checked
+//! against the policy, and then either denied on the spot, or parked until
+//! the sysctl handler returns (fexit/kretprobe on `proc_sys_call_handler`,
+//! whose return value tells whether the kernel applied it), or, where no
+//! such probe runs, reported at once for userspace to check the outcome.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_loop, bpf_sysctl_get_current_value, bpf_sysctl_get_name,
-        bpf_sysctl_get_new_value,
+        bpf_get_current_pid_tgid, bpf_loop, bpf_sysctl_get_current_value, bpf_sysctl_get_name, bpf_sysctl_get_new_value,
     },
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray},
-    programs::{SysctlContext, TracePointContext},
+    programs::SysctlContext,
 };
 use nstrail_abi::{
-    event_kind, probe_error,
+    config_slot, event_kind, probe_error,
     sysctl::{
-        netns_scope, rule_action, sysctl_flags, sysctl_result, SysctlRule, SysctlWriteEvent,
-        MAX_SYSCTL_RULES, SYSCTL_NAME_LEN, SYSCTL_VALUE_LEN,
+        netns_scope, rule_action, sysctl_flags, sysctl_result, SysctlRule, SysctlWriteEvent, MAX_SYSCTL_RULES,
+        SYSCTL_NAME_LEN, SYSCTL_TEXT_LEN, SYSCTL_VALUE_LEN, SYSCTL_WRITE_FIXED,
     },
+    NetnsRef,
 };
 
 use crate::{
-    kernel::{current_actor, current_netns, header, layout_ready},
+    kernel::{current_actor, current_netns, header, layout, layout_ready, netns_ref, read_at},
     maps::{count_lost, count_probe_error, EVENTS},
 };
+
+/// Switches set by the agent (`nstrail_abi::config_slot`).
+#[map]
+pub static PROBE_CONFIG: Array<u32> = Array::with_max_entries(config_slot::COUNT, 0);
 
 /// The write policy, filled by the agent; empty slots end the list.
 #[map]
@@ -81,13 +87,18 @@ pub fn on_sysctl(ctx: &SysctlContext) -> i32 {
 
     let rule = decide(event);
     event.rule = rule;
-    let denied = rule != 0
-        && SYSCTL_POLICY.get(rule - 1).is_some_and(|r| r.action == rule_action::DENY);
+    let denied = rule != 0 && SYSCTL_POLICY.get(rule - 1).is_some_and(|r| r.action == rule_action::DENY);
     if denied {
         event.result = sysctl_result::DENIED;
         event.errno = EPERM;
         emit_from(event);
         return DENY;
+    }
+    if PROBE_CONFIG.get(config_slot::SYSCTL_OUTCOME_PROBE).copied().unwrap_or(0) == 0 {
+        // No probe sees the handler return: userspace checks the outcome.
+        event.result = sysctl_result::UNCHECKED;
+        emit_from(event);
+        return ALLOW;
     }
     if SYSCTL_PENDING.insert(key, &*event, 0).is_err() {
         count_probe_error(probe_error::SYSCTL_PENDING_FULL);
@@ -97,10 +108,34 @@ pub fn on_sysctl(ctx: &SysctlContext) -> i32 {
     ALLOW
 }
 
+/// The namespace a write acts on: that of the /proc/sys file (where it was
+/// opened), which need not be the writer's current one. Net sysctl tables
+/// belong to a set inside `struct net` whose `is_seen` is the kernel's
+/// `is_seen`; any other table acts on the whole system: the writer's
+/// namespace is reported for those.
+fn file_netns(ctx: &SysctlContext) -> Option<NetnsRef> {
+    let is_seen_addr = layout!(sysctl_net_is_seen_addr);
+    if is_seen_addr == 0 {
+        return None;
+    }
+    // The context register points at the kernel's struct bpf_sysctl_kern.
+    let kern = ctx.sysctl as u64;
+    let head: u64 = read_at(kern, layout!(bpf_sysctl_kern_head)).ok()?;
+    let set: u64 = read_at(head, layout!(ctl_table_header_set)).ok()?;
+    if set == 0 {
+        return None;
+    }
+    let is_seen: u64 = read_at(set, layout!(ctl_table_set_is_seen)).ok()?;
+    if is_seen != is_seen_addr {
+        return None;
+    }
+    netns_ref(set - layout!(net_sysctls) as u64).ok()
+}
+
 fn describe_write(ctx: &SysctlContext, event: &mut SysctlWriteEvent) {
     event.header = header(event_kind::SYSCTL_WRITE);
     event.actor = current_actor();
-    event.netns = current_netns().map(|(_, n)| n).unwrap_or_default();
+    event.netns = file_netns(ctx).or_else(|| current_netns().ok().map(|(_, n)| n)).unwrap_or_default();
     event.result = 0;
     event.errno = 0;
     event.flags = 0;
@@ -108,20 +143,25 @@ fn describe_write(ctx: &SysctlContext, event: &mut SysctlWriteEvent) {
     let raw = ctx.sysctl;
     // SAFETY: the buffers are map memory of the stated sizes; the helpers
     // NUL-terminate and return the length or -E2BIG when they had to cut.
-    let (name, old, new) = unsafe {
-        (
-            bpf_sysctl_get_name(raw, event.name.as_mut_ptr().cast(), SYSCTL_NAME_LEN as u64, 0),
-            bpf_sysctl_get_current_value(raw, event.old_value.as_mut_ptr().cast(), SYSCTL_VALUE_LEN as u64),
-            bpf_sysctl_get_new_value(raw, event.new_value.as_mut_ptr().cast(), SYSCTL_VALUE_LEN as u64),
-        )
-    };
+    // Packed one after the other (each helper writes at most its buffer
+    // length, NUL included, which the next part overwrites); the masks are
+    // no-ops on the values but show the verifier the offsets' bounds.
+    let text = event.text.as_mut_ptr();
+    // SAFETY: name at 0, 128 bytes.
+    let name = unsafe { bpf_sysctl_get_name(raw, text.cast(), SYSCTL_NAME_LEN as u64, 0) };
     event.name_len = text_len(name, SYSCTL_NAME_LEN, sysctl_flags::NAME_TRUNCATED, &mut event.flags);
+    let old_at = (event.name_len & 0x7f) as usize;
+    // SAFETY: old value at most 127 in, 128 bytes: within the 384-byte text.
+    let old = unsafe { bpf_sysctl_get_current_value(raw, text.add(old_at).cast(), SYSCTL_VALUE_LEN as u64) };
     event.old_len = if old < 0 && old != -E2BIG {
         event.flags |= sysctl_flags::OLD_UNAVAILABLE;
         0
     } else {
         text_len(old, SYSCTL_VALUE_LEN, sysctl_flags::OLD_TRUNCATED, &mut event.flags)
     };
+    let new_at = ((event.name_len + event.old_len) & 0xff) as usize;
+    // SAFETY: new value at most 254 in, 128 bytes: within the 384-byte text.
+    let new = unsafe { bpf_sysctl_get_new_value(raw, text.add(new_at).cast(), SYSCTL_VALUE_LEN as u64) };
     event.new_len = text_len(new, SYSCTL_VALUE_LEN, sysctl_flags::NEW_TRUNCATED, &mut event.flags);
 }
 
@@ -197,7 +237,11 @@ fn next_rule(walk: &mut PolicyWalk) -> i64 {
     walk.ni = 0;
     walk.star = NO_STAR;
     walk.mark = 0;
-    if walk.rule >= MAX_SYSCTL_RULES { 1 } else { 0 }
+    if walk.rule >= MAX_SYSCTL_RULES {
+        1
+    } else {
+        0
+    }
 }
 
 unsafe extern "C" fn policy_step(_index: u64, _ctx: *mut c_void) -> i64 {
@@ -221,9 +265,9 @@ unsafe extern "C" fn policy_step(_index: u64, _ctx: *mut c_void) -> i64 {
     }
     let plen = rule.pattern_len.min(SYSCTL_NAME_LEN as u32);
     let nlen = event.name_len.min(SYSCTL_NAME_LEN as u32);
-    let pat = |i: u32| rule.pattern[(i as usize) & (SYSCTL_NAME_LEN - 1)];
+    let pat = |i: u32| rule.pattern[name_index(i)];
     if walk.ni < nlen {
-        let c = event.name[(walk.ni as usize) & (SYSCTL_NAME_LEN - 1)];
+        let c = event.text[name_index(walk.ni)];
         if walk.pi < plen && pat(walk.pi) == b'*' {
             walk.star = walk.pi;
             walk.mark = walk.ni;
@@ -252,6 +296,17 @@ unsafe extern "C" fn policy_step(_index: u64, _ctx: *mut c_void) -> i64 {
     next_rule(walk)
 }
 
+/// An index into a name buffer the verifier can see is in bounds. LLVM
+/// knows the indices are below the (clamped) lengths and would drop a plain
+/// mask, but older verifiers (6.1) cannot follow a bound from comparing two
+/// registers: the volatile read hides the range from LLVM, so the mask stays.
+#[inline(always)]
+fn name_index(i: u32) -> usize {
+    // SAFETY: reading a local through a pointer to it.
+    let i = unsafe { core::ptr::read_volatile(&i) };
+    (i as usize) & (SYSCTL_NAME_LEN - 1)
+}
+
 fn writer_matches(rule: &SysctlRule, event: &SysctlWriteEvent, host: u32) -> bool {
     let scope_ok = match rule.netns_scope {
         netns_scope::HOST => host == 1,
@@ -261,18 +316,26 @@ fn writer_matches(rule: &SysctlRule, event: &SysctlWriteEvent, host: u32) -> boo
     scope_ok && (rule.comm_len == 0 || rule.comm == event.actor.comm)
 }
 
-// ---- outcome: the write-family syscall returns -----------------------------
+// ---- outcome: the sysctl handler returns ---------------------------------
 
-/// Offset of the return value in a `syscalls/sys_exit_*` record.
-const SYSCALL_EXIT_RET: usize = 16;
+/// `-ERESTARTNOINTR`: the handler asked for the syscall to be restarted
+/// (some take rtnl_lock with trylock); the cgroup program will see the
+/// write again.
+const ERESTARTNOINTR: i64 = -513;
 
-pub fn on_write_exit(ctx: &TracePointContext) {
+/// At the return of `proc_sys_call_handler` (fexit or kretprobe): the
+/// outcome of the write this thread parked, if any. The cgroup program ran
+/// inside this same call, so the pairing is exact; every write path
+/// (write, writev, pwrite, splice, sendfile, io_uring) goes through it.
+pub fn on_handler_return(ret: i64) {
     let key = bpf_get_current_pid_tgid();
     let Some(pending) = SYSCTL_PENDING.get_ptr_mut(key) else {
         return;
     };
-    // SAFETY: fixed offset of the return value in sys_exit records.
-    let ret: i64 = unsafe { ctx.read_at(SYSCALL_EXIT_RET) }.unwrap_or(0);
+    if ret == ERESTARTNOINTR {
+        let _ = SYSCTL_PENDING.remove(key);
+        return;
+    }
     // SAFETY: map value pointer, valid until removed below.
     unsafe {
         if ret < 0 {
@@ -286,10 +349,17 @@ pub fn on_write_exit(ctx: &TracePointContext) {
     let _ = SYSCTL_PENDING.remove(key);
 }
 
-/// Copies an event that lives in map memory into the ring buffer.
+/// Copies an event that lives in map memory into the ring buffer, only as
+/// long as its text.
 fn emit_from(event: *const SysctlWriteEvent) {
     // SAFETY: `event` points at a whole SysctlWriteEvent in map memory.
-    if EVENTS.output::<SysctlWriteEvent>(unsafe { &*event }, 0).is_err() {
+    let event = unsafe { &*event };
+    let text = (event.name_len + event.old_len + event.new_len).min(SYSCTL_TEXT_LEN as u32) as usize;
+    // SAFETY: at most the whole struct, which lives in map memory.
+    let bytes = unsafe {
+        core::slice::from_raw_parts((event as *const SysctlWriteEvent).cast::<u8>(), SYSCTL_WRITE_FIXED + text)
+    };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count_lost(event_kind::SYSCTL_WRITE);
     }
 }

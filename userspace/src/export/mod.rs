@@ -1,10 +1,13 @@
 //! Where events go. Every output is an [`Exporter`]; the agent hands each
 //! record to all of them in order.
 
+pub mod audit_log;
 mod channel;
 mod json_lines;
+pub mod stream;
 pub mod text;
 
+pub use audit_log::AuditLog;
 pub use channel::ChannelExporter;
 pub use json_lines::JsonLinesExporter;
 pub use text::TextExporter;
@@ -27,5 +30,10 @@ pub trait Exporter: Send {
     /// Called after a batch and at shutdown.
     fn flush(&mut self) -> Result<(), ExportError> {
         Ok(())
+    }
+    /// Called once at a clean stop, after the last record: the audit log
+    /// marks the stop; the others flush.
+    fn close(&mut self) -> Result<(), ExportError> {
+        self.flush()
     }
 }

@@ -1,18 +1,6 @@
 //! Which container a process belongs to, from its cgroup path.
 
-use serde::{Deserialize, Serialize};
-
-/// A container (or pod member) a namespace serves.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Container {
-    /// docker, containerd, cri-o, podman, runc, systemd-nspawn
-    pub runtime: String,
-    /// Container id (64 hex digits for most runtimes) or machine name.
-    pub id: String,
-    /// Kubernetes pod uid, for pod members.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
-}
+use crate::event::Container;
 
 fn is_container_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
@@ -33,7 +21,8 @@ pub fn from_cgroup_path(path: &str, runc_ids: &dyn Fn(&str) -> bool) -> Option<C
     let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     let pod = components.iter().find_map(|c| pod_uid(c));
     let in_kubepods = components.iter().any(|c| c.starts_with("kubepods"));
-    let make = |runtime: &str, id: &str| Container { runtime: runtime.to_owned(), id: id.to_owned(), pod_uid: pod.clone() };
+    let make =
+        |runtime: &str, id: &str| Container { runtime: runtime.to_owned(), id: id.to_owned(), pod_uid: pod.clone() };
 
     for component in components.iter().rev() {
         let scope = component.strip_suffix(".scope").unwrap_or(component);
@@ -56,7 +45,13 @@ pub fn from_cgroup_path(path: &str, runc_ids: &dyn Fn(&str) -> bool) -> Option<C
     let last = *components.last()?;
     if is_container_id(last) {
         // cgroupfs layouts: /docker/<id>, /kubepods/<qos>/pod<uid>/<id>
-        let runtime = if in_kubepods { "kubernetes" } else if components.contains(&"docker") { "docker" } else { "unknown" };
+        let runtime = if in_kubepods {
+            "kubernetes"
+        } else if components.contains(&"docker") {
+            "docker"
+        } else {
+            "unknown"
+        };
         if runtime != "unknown" || runc_ids(last) {
             return Some(make(if runtime == "unknown" { "runc" } else { runtime }, last));
         }
@@ -64,22 +59,18 @@ pub fn from_cgroup_path(path: &str, runc_ids: &dyn Fn(&str) -> bool) -> Option<C
     runc_ids(last).then(|| make("runc", last))
 }
 
-/// The cgroup path of a process from /proc/PID/cgroup text: the unified
-/// (v2) path when it says anything, else the first named v1 path.
-pub fn cgroup_path(text: &str) -> Option<String> {
+/// The cgroup path of a process from its /proc/PID/cgroup entries: the
+/// unified (v2) path when it says anything, else the first named v1 path.
+pub fn cgroup_path(groups: &[procfs::ProcessCGroup]) -> Option<String> {
     let mut fallback = None;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(_controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        if path == "/" || path.is_empty() {
+    for group in groups {
+        if group.pathname == "/" || group.pathname.is_empty() {
             continue;
         }
-        if id == "0" {
-            return Some(path.to_owned());
+        if group.hierarchy == 0 {
+            return Some(group.pathname.clone());
         }
-        fallback.get_or_insert_with(|| path.to_owned());
+        fallback.get_or_insert_with(|| group.pathname.clone());
     }
     fallback
 }
@@ -98,7 +89,8 @@ mod tests {
     #[test]
     fn real_world_cgroup_paths() {
         let uid_systemd = UID.replace('-', "_");
-        let table: Vec<(String, Option<(&str, &str, Option<&str>)>)> = vec![
+        type Expected<'a> = Option<(&'a str, &'a str, Option<&'a str>)>;
+        let table: Vec<(String, Expected)> = vec![
             (format!("/system.slice/docker-{ID}.scope"), Some(("docker", ID, None))),
             (format!("/docker/{ID}"), Some(("docker", ID, None))),
             (
@@ -129,8 +121,21 @@ mod tests {
 
     #[test]
     fn picks_the_unified_path_then_v1() {
-        assert_eq!(cgroup_path("12:pids:/a\n0::/system.slice/x.scope\n").as_deref(), Some("/system.slice/x.scope"));
-        assert_eq!(cgroup_path("9:name=systemd:/mybox\n8:pids:/mybox\n0::/\n").as_deref(), Some("/mybox"));
-        assert_eq!(cgroup_path("0::/\n"), None);
+        let groups = |entries: &[(u32, &str)]| -> Vec<procfs::ProcessCGroup> {
+            entries
+                .iter()
+                .map(|(hierarchy, path)| procfs::ProcessCGroup {
+                    hierarchy: *hierarchy,
+                    controllers: Vec::new(),
+                    pathname: path.to_string(),
+                })
+                .collect()
+        };
+        assert_eq!(
+            cgroup_path(&groups(&[(12, "/a"), (0, "/system.slice/x.scope")])).as_deref(),
+            Some("/system.slice/x.scope")
+        );
+        assert_eq!(cgroup_path(&groups(&[(9, "/mybox"), (8, "/mybox"), (0, "/")])).as_deref(), Some("/mybox"));
+        assert_eq!(cgroup_path(&groups(&[(0, "/")])), None);
     }
 }

@@ -1,8 +1,14 @@
-//! The network devices of a namespace, listed with an rtnetlink dump made
-//! from a short-lived thread that enters the namespace. The agent filters
-//! its own threads' entries out of the event stream.
+//! The network devices of a namespace, listed with an rtnetlink dump: by
+//! the namespace's nsid where it has one, else made from a short-lived
+//! thread that enters the namespace (the agent filters its own threads'
+//! entries out of the event stream).
 
-use std::{os::fd::AsRawFd, path::Path};
+use std::{
+    collections::HashMap,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::Path,
+    sync::{Arc, RwLock},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,11 +21,115 @@ pub struct Device {
     pub kind: Option<String>,
 }
 
-use crate::rtnetlink::{self, Link, NLMSG_DONE, NLMSG_ERROR, RTM_GETLINK, RTM_NEWLINK};
+use crate::sys::rtnetlink::{self, Link, NLMSG_DONE, NLMSG_ERROR, RTM_NEWLINK};
 
-/// Devices of the namespace behind an nsfs path.
-pub fn list(ns_path: &Path) -> std::io::Result<Vec<Device>> {
-    let ns = std::fs::File::open(ns_path)?;
+/// The nsids the agent's namespace has for other namespaces, by namespace
+/// id (netns cookie, never reused), as the device sensor keeps them where
+/// it gives every namespace one. Shared between that sensor and the
+/// inventory's device listings: asking the kernel for a namespace's nsid
+/// (RTM_GETNSID by fd) walks every nsid there is, which at thousands of
+/// namespaces costs more than the listings themselves.
+#[derive(Debug, Clone, Default)]
+pub struct KnownNsids(Arc<RwLock<HashMap<u64, i32>>>);
+
+impl KnownNsids {
+    pub fn get(&self, id: u64) -> Option<i32> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(&id).copied()
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.get(id).is_some()
+    }
+
+    pub fn insert(&self, id: u64, nsid: i32) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(id, nsid);
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    pub fn clear(&self) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// Lists the devices of namespaces. Where the caller's namespace has an
+/// nsid for one (the agent gives every namespace one where its device
+/// sensor runs on the rtnetlink backend), a single
+/// rtnetlink socket asks for its devices by that nsid; otherwise a
+/// short-lived thread enters it and asks from inside.
+pub struct Lister {
+    /// None where no rtnetlink socket could be opened (every listing enters).
+    requests: Option<rtnetlink::Requests>,
+    known: KnownNsids,
+}
+
+impl Default for Lister {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Lister {
+    pub fn new() -> Self {
+        Self::with_known(KnownNsids::default())
+    }
+
+    /// One that takes the nsids in `known` without asking the kernel.
+    pub fn with_known(known: KnownNsids) -> Self {
+        Self { requests: rtnetlink::Requests::open().ok(), known }
+    }
+
+    /// Devices of the namespace behind an nsfs path, which must still be
+    /// namespace `inode` (the process or mount a path went through may be
+    /// gone, and inodes are reused) and, where `id` is given, `id`. The
+    /// open file keeps the namespace, and so its nsid, while it is listed.
+    pub fn list(&mut self, ns_path: &Path, inode: u32, id: Option<u64>) -> std::io::Result<Vec<Device>> {
+        let ns = std::fs::File::open(ns_path)?;
+        let found = ns.metadata()?.ino() as u32;
+        if found != inode {
+            return Err(std::io::Error::other(format!("{} is namespace {found} now, not {inode}", ns_path.display())));
+        }
+        if let Some(Ok(devices)) = id.and_then(|id| self.known_nsid(&ns, id)).and_then(|nsid| self.dump_in(nsid)) {
+            return Ok(devices);
+        }
+        self.by_nsid(&ns).unwrap_or_else(|| from_inside(&ns))
+    }
+
+    /// The nsid `known` has for namespace `id`, where `ns` is that
+    /// namespace: checked by its id where one ioctl tells it (Linux 6.18+;
+    /// before, the inode check of the caller stands, as entering the
+    /// namespace to ask would cost more than the nsid saves).
+    fn known_nsid(&self, ns: &std::fs::File, id: u64) -> Option<i32> {
+        let nsid = self.known.get(id)?;
+        match crate::sys::nsfs::ns_id_by_ioctl(ns) {
+            Some(found) if found != id => None,
+            _ => Some(nsid),
+        }
+    }
+
+    /// Devices of the namespace behind `ns` asked for by its nsid; None
+    /// when it has none here.
+    pub fn by_nsid(&mut self, ns: &std::fs::File) -> Option<std::io::Result<Vec<Device>>> {
+        let nsid = self.requests.as_mut()?.nsid_of_fd(ns.as_raw_fd()).ok()??;
+        self.dump_in(nsid)
+    }
+
+    /// Devices of the namespace with `nsid` here; None without a socket.
+    fn dump_in(&mut self, nsid: i32) -> Option<std::io::Result<Vec<Device>>> {
+        let mut devices = Vec::new();
+        Some(self.requests.as_mut()?.dump_links_in(nsid, |data| parse_messages(data, &mut devices)).map(|()| devices))
+    }
+}
+
+/// Devices of the namespace behind an nsfs path (see [`Lister::list`]).
+pub fn list(ns_path: &Path, inode: u32) -> std::io::Result<Vec<Device>> {
+    Lister::new().list(ns_path, inode, None)
+}
+
+/// Devices of the namespace behind `ns`, asked for from a thread inside it.
+pub fn from_inside(ns: &std::fs::File) -> std::io::Result<Vec<Device>> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -37,7 +147,7 @@ pub fn list(ns_path: &Path) -> std::io::Result<Vec<Device>> {
 fn dump_links() -> std::io::Result<Vec<Device>> {
     let mut devices = Vec::new();
     // The socket is made by this thread, so in the namespace it entered.
-    rtnetlink::Requests::open()?.dump(RTM_GETLINK, &[0; 16], |data| parse_messages(data, &mut devices))?;
+    rtnetlink::Requests::open()?.dump_links(|data| parse_messages(data, &mut devices))?;
     Ok(devices)
 }
 
@@ -63,7 +173,7 @@ pub fn parse_messages(data: &[u8], devices: &mut Vec<Device>) -> std::io::Result
 mod tests {
     use super::*;
 
-    use crate::rtnetlink::tests::link_message;
+    use crate::sys::rtnetlink::tests::link_message;
 
     fn link(ifindex: u32, name: &str, kind: Option<&str>) -> Vec<u8> {
         link_message(RTM_NEWLINK, ifindex as i32, 0, name, &[], kind)
@@ -106,7 +216,9 @@ mod tests {
 
     #[test]
     fn lists_the_devices_of_our_own_namespace() {
-        let devices = list(Path::new("/proc/self/ns/net")).unwrap();
+        let ours = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let devices = list(Path::new("/proc/self/ns/net"), ours).unwrap();
+        assert!(list(Path::new("/proc/self/ns/net"), ours.wrapping_add(1)).is_err(), "another namespace's inode");
         assert!(devices.iter().any(|d| d.name == "lo" && d.ifindex == 1));
     }
 }

@@ -5,6 +5,8 @@
 
 pub mod containers;
 pub mod devices;
+pub mod leaks;
+pub mod refresh;
 pub mod scan;
 
 use std::{
@@ -14,11 +16,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub use containers::Container;
 pub use devices::Device;
 use scan::{name_of_mount, Scan};
 
-use crate::event::{Actor, CreateVia, Event, EventBody, SysctlResult};
+use crate::event::{Actor, Container, CreateVia, Event, EventBody, SysctlResult};
 
 /// How a namespace came to be, when the agent saw it happen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,7 +30,7 @@ pub struct Origin {
 }
 
 /// One namespace in the inventory (`nstrail ls --json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetnsRecord {
     pub inode: u32,
     /// Unique id; absent only on kernels that cannot tell it from /proc.
@@ -50,6 +51,10 @@ pub struct NetnsRecord {
     /// Its network devices (empty when not listed).
     #[serde(default)]
     pub devices: Vec<Device>,
+    /// Why its devices are not listed, when they could not be (it went away
+    /// while being looked at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices_unlisted: Option<String>,
     /// Set when the agent saw it created; absent for namespaces that existed at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<Origin>,
@@ -64,6 +69,9 @@ pub struct NetnsRecord {
     /// When it was destroyed (only in the recently-destroyed list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destroyed: Option<String>,
+    /// Set while it has no member process (agent only; see [`leaks`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub without_processes: Option<leaks::WithoutProcesses>,
 }
 
 /// What the events told about one namespace.
@@ -77,6 +85,9 @@ struct Tracked {
     last_event: Option<String>,
     /// Names last seen, kept for the destroyed list (mounts go before the namespace does).
     last_names: Vec<String>,
+    /// Containers last seen in it, kept for its teardown's events (their
+    /// processes go before its devices and the namespace do).
+    last_containers: Vec<Container>,
 }
 
 /// Destroyed namespaces kept for late look-ups: at most this many, for at most this long.
@@ -89,6 +100,9 @@ pub struct Inventory {
     destroyed: VecDeque<(Instant, NetnsRecord)>,
     /// Names and containers from the latest scan, by namespace id, for enriching events.
     labels: HashMap<u64, Labels>,
+    leaks: leaks::LeakTracker,
+    /// nsids of other namespaces in the agent's, for device listings.
+    nsids: devices::KnownNsids,
 }
 
 /// What a scan says users call a namespace.
@@ -111,12 +125,38 @@ impl Inventory {
         inventory
     }
 
+    /// The nsids the agent's namespace has for others, which the device
+    /// sensor keeps (where it gives namespaces nsids) and device listings use.
+    pub fn nsids(&self) -> devices::KnownNsids {
+        self.nsids.clone()
+    }
+
+    /// How long a namespace may have no member process before it is leaked.
+    pub fn set_leak_age(&mut self, age: Duration) {
+        self.leaks.set_age(age);
+    }
+
+    /// Takes a fresh scan into the leak count; returns the `netns_leaked`
+    /// records of namespaces that crossed the age now.
+    pub fn track_leaks(&mut self, scan: &Scan) -> Vec<EventBody> {
+        let live = &self.live;
+        self.leaks.scanned(scan, |id| live.contains_key(&id), Instant::now())
+    }
+
+    /// Live namespaces without a member process now (the host's aside).
+    pub fn without_processes(&self) -> usize {
+        self.leaks.without_processes()
+    }
+
     /// Takes names and containers from a fresh scan.
     pub fn relabel(&mut self, scan: &Scan) {
         for observed in scan.namespaces.values() {
             if let Some(tracked) = observed.id.and_then(|id| self.live.get_mut(&id)) {
                 if !observed.mounts.is_empty() {
                     tracked.last_names = observed.mounts.iter().map(|m| name_of_mount(m)).collect();
+                }
+                if !observed.containers.is_empty() {
+                    tracked.last_containers = observed.containers.iter().cloned().collect();
                 }
             }
         }
@@ -136,15 +176,20 @@ impl Inventory {
     }
 
     /// Adds the name and containers the latest scan knows to an event's
-    /// namespaces (for one whose mount just went, the name it last had).
+    /// namespaces; for one being torn down (its mount or its container's
+    /// processes already gone), the name and containers it last had.
     pub fn label(&self, event: &mut Event) {
         for netns in event.body.namespaces_mut() {
             if let Some(labels) = self.labels.get(&netns.id) {
                 netns.name = labels.names.first().cloned();
                 netns.containers = labels.containers.clone();
             }
+            let tracked = self.live.get(&netns.id);
             if netns.name.is_none() {
-                netns.name = self.live.get(&netns.id).and_then(|t| t.last_names.first().cloned());
+                netns.name = tracked.and_then(|t| t.last_names.first().cloned());
+            }
+            if netns.containers.is_empty() {
+                netns.containers = tracked.map(|t| t.last_containers.clone()).unwrap_or_default();
             }
         }
     }
@@ -159,18 +204,24 @@ impl Inventory {
                 tracked.seen_at_start = false;
             }
             EventBody::NetnsEnter { netns, .. } => {
-                let tracked = self.live.entry(netns.id).or_insert_with(|| Tracked { inode: netns.inode, ..Default::default() });
+                let tracked =
+                    self.live.entry(netns.id).or_insert_with(|| Tracked { inode: netns.inode, ..Default::default() });
                 tracked.enters += 1;
             }
             EventBody::SysctlWrite { sysctl, new, result: SysctlResult::Applied, netns, .. } => {
-                let tracked = self.live.entry(netns.id).or_insert_with(|| Tracked { inode: netns.inode, ..Default::default() });
+                let tracked =
+                    self.live.entry(netns.id).or_insert_with(|| Tracked { inode: netns.inode, ..Default::default() });
                 tracked.overrides.insert(sysctl.clone(), new.clone());
             }
             EventBody::NetnsDestroy { netns, .. } => {
+                self.leaks.forget(netns.id);
                 let tracked = self.live.remove(&netns.id).unwrap_or_default();
                 let mut labels = self.labels.remove(&netns.id).unwrap_or_default();
                 if labels.names.is_empty() {
                     labels.names = tracked.last_names.clone();
+                }
+                if labels.containers.is_empty() {
+                    labels.containers = tracked.last_containers.clone();
                 }
                 let mut record = record_of(netns.inode, Some(netns.id), &tracked, None, &labels, false);
                 record.destroyed = Some(event.ts.clone());
@@ -212,7 +263,8 @@ impl Inventory {
             .map(|id| {
                 let tracked = &self.live[&id];
                 let labels = self.labels.get(&id);
-                let name = labels.and_then(|l| l.names.first()).or(tracked.last_names.first()).cloned().unwrap_or_default();
+                let name =
+                    labels.and_then(|l| l.names.first()).or(tracked.last_names.first()).cloned().unwrap_or_default();
                 let container = labels
                     .and_then(|l| l.containers.first())
                     .map(|c| format!("{}:{}", c.runtime, c.id))
@@ -244,7 +296,7 @@ impl Inventory {
             };
             let host = scan.host_inode == Some(observed.inode);
             let mut record = record_of(observed.inode, observed.id, tracked, Some(observed), &labels, host);
-            record.mounts = observed.mounts.iter().map(|m| m.to_string_lossy().into_owned()).collect();
+            record.mounts = observed.mounts.iter().map(|m| crate::event::text::path_text(m)).collect();
             if let Some(id) = observed.id {
                 listed.insert(id);
             }
@@ -254,6 +306,10 @@ impl Inventory {
             if !listed.contains(id) && tracked.created.is_some() {
                 out.push(record_of(tracked.inode, Some(*id), tracked, None, &Labels::default(), false));
             }
+        }
+        let now = Instant::now();
+        for record in &mut out {
+            record.without_processes = record.id.and_then(|id| self.leaks.status(id, now));
         }
         out.sort_by_key(|r| (!r.host, r.inode, r.id));
         out
@@ -283,57 +339,13 @@ fn record_of(
         processes: observed.map_or(0, |o| o.pids.len() as u32),
         fds: observed.map(|o| o.fds.clone()).unwrap_or_default(),
         devices: observed.map(|o| o.devices.clone()).unwrap_or_default(),
+        devices_unlisted: observed.and_then(|o| o.devices_unlisted.clone()),
         created: tracked.created.clone(),
         seen_at_start: tracked.seen_at_start,
         enters: tracked.enters,
         sysctl_overrides: tracked.overrides.clone(),
         last_event: tracked.last_event.clone(),
         destroyed: None,
+        without_processes: None,
     }
-}
-
-/// The `nstrail ls` table.
-pub fn render_table(records: &[NetnsRecord]) -> String {
-    let mut rows = vec![[
-        "INODE".to_owned(),
-        "ID".to_owned(),
-        "NAME".to_owned(),
-        "PROCS".to_owned(),
-        "DEVICES".to_owned(),
-        "CONTAINER".to_owned(),
-        "CREATED".to_owned(),
-        "BY".to_owned(),
-    ]];
-    for r in records {
-        let name = if r.host && r.names.is_empty() { "(host)".to_owned() } else { r.names.join(",") };
-        let container = r
-            .containers
-            .iter()
-            .map(|c| format!("{}:{}", c.runtime, &c.id[..c.id.len().min(12)]))
-            .collect::<Vec<_>>()
-            .join(",");
-        let (created, by) = match &r.created {
-            Some(o) => (o.ts.get(..19).unwrap_or(&o.ts).replace('T', " "), format!("{}[{}]", o.actor.comm, o.actor.pid)),
-            None => ("before agent".to_owned(), "-".to_owned()),
-        };
-        let devices = r.devices.iter().filter(|d| d.name != "lo").map(|d| d.name.as_str()).collect::<Vec<_>>().join(",");
-        let procs = if r.processes == 0 && !r.fds.is_empty() { format!("0 ({} fd)", r.fds.len()) } else { r.processes.to_string() };
-        rows.push([
-            r.inode.to_string(),
-            r.id.map_or("-".to_owned(), |i| i.to_string()),
-            if name.is_empty() { "-".into() } else { name },
-            procs,
-            if devices.is_empty() { "-".into() } else { devices },
-            if container.is_empty() { "-".into() } else { container },
-            created,
-            by,
-        ]);
-    }
-    let widths: Vec<usize> = (0..8).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
-    rows.iter()
-        .map(|r| {
-            r.iter().enumerate().map(|(c, cell)| format!("{cell:<w$}", w = widths[c])).collect::<Vec<_>>().join("  ").trim_end().to_owned()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }

@@ -9,8 +9,11 @@ use std::{
 
 use procfs::process::{FDTarget, Process};
 
-use super::containers::{self, Container};
-
+use super::containers;
+use crate::{
+    event::{text::path_text, Container},
+    sys::mountinfo,
+};
 
 /// One namespace as seen in /proc.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -29,6 +32,8 @@ pub struct Observed {
     pub path: Option<PathBuf>,
     /// Its network devices, when asked for ([`with_devices`]).
     pub devices: Vec<super::devices::Device>,
+    /// Why its devices could not be listed (it was gone before they were).
+    pub devices_unlisted: Option<String>,
 }
 
 /// Every network namespace reachable from /proc.
@@ -49,14 +54,8 @@ fn link_inode(path: &Path) -> Option<u32> {
     link.to_str()?.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
-
 fn runc_container(id: &str) -> bool {
     !id.is_empty() && !id.contains("..") && Path::new("/run/runc").join(id).join("state.json").exists()
-}
-
-/// `net:[4026532177]` mount roots of nsfs mounts.
-fn nsfs_net_inode(root: &str) -> Option<u32> {
-    root.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// Device number of the nsfs file system, to recognise nsfs files opened by path.
@@ -72,31 +71,60 @@ fn net_ns_behind(fd_path: &Path, nsfs: u64) -> Option<u32> {
         return None;
     }
     let file = std::fs::File::open(fd_path).ok()?;
-    crate::nsfs::is_net_namespace(&file).then_some(meta.ino() as u32)
+    crate::sys::nsfs::is_net_namespace(&file).then_some(meta.ino() as u32)
+}
+
+/// Each namespace's id and a path to reach it by, read from one open file
+/// whose inode was checked: a path seen earlier in the scan may lead
+/// elsewhere by now (a closed fd number reused, a process gone).
+#[derive(Default)]
+struct Ids {
+    by_inode: BTreeMap<u32, (u64, PathBuf)>,
+}
+
+impl Ids {
+    /// Learns the id of namespace `inode` through `path`, unless known;
+    /// a bind mount replaces a path that was learnt otherwise (it lasts).
+    fn learn(&mut self, inode: u32, path: PathBuf, is_mount: bool) {
+        if self.by_inode.contains_key(&inode) && !is_mount {
+            return;
+        }
+        let Ok(file) = std::fs::File::open(&path) else { return };
+        if file.metadata().map(|m| m.ino() as u32).ok() != Some(inode) {
+            return;
+        }
+        if let Ok(id) = crate::sys::nsfs::ns_id_of(&file) {
+            self.by_inode.insert(inode, (id, path));
+        }
+    }
 }
 
 pub fn scan() -> Scan {
     let mut out = Scan::default();
     let nsfs = nsfs_dev();
     let mut seen_mount_ns = HashSet::new();
-    // A path per namespace to ask its id through, found while scanning.
-    let mut id_paths: BTreeMap<u32, PathBuf> = BTreeMap::new();
+    let mut ids = Ids::default();
     let Ok(processes) = procfs::process::all_processes() else {
         return out;
     };
+    let own_pid = std::process::id();
     for process in processes.flatten() {
         let pid = process.pid() as u32;
-        scan_tasks(&process, pid, &mut out, &mut id_paths);
-        scan_fds(&process, pid, nsfs, &mut out, &mut id_paths);
+        // The agent's own descriptors on namespaces, and its threads other
+        // than the main one, are its passing look-ups.
+        scan_tasks(&process, pid, pid == own_pid, &mut out, &mut ids);
+        if pid != own_pid {
+            scan_fds(&process, pid, nsfs, &mut out, &mut ids);
+        }
         // One mount table per mount namespace is enough.
         let mnt_ns = ns_inode_of(&PathBuf::from(format!("/proc/{pid}/ns/mnt")));
         if mnt_ns.is_some_and(|m| seen_mount_ns.insert(m)) {
-            scan_mounts(&process, pid, &mut out, &mut id_paths);
+            scan_mounts(pid, &mut out, &mut ids);
         }
     }
-    for (inode, path) in id_paths {
+    for (inode, (id, path)) in ids.by_inode {
         if let Some(observed) = out.namespaces.get_mut(&inode) {
-            observed.id = crate::nsfs::ns_id(&path).ok();
+            observed.id = Some(id);
             observed.path = Some(path);
         }
     }
@@ -109,18 +137,18 @@ fn entry(out: &mut Scan, inode: u32) -> &mut Observed {
     out.namespaces.entry(inode).or_insert_with(|| Observed { inode, ..Default::default() })
 }
 
-fn scan_tasks(process: &Process, pid: u32, out: &mut Scan, id_paths: &mut BTreeMap<u32, PathBuf>) {
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok().and_then(|t| containers::cgroup_path(&t));
+fn scan_tasks(process: &Process, pid: u32, main_thread_only: bool, out: &mut Scan, ids: &mut Ids) {
+    let cgroup = process.cgroups().ok().and_then(|groups| containers::cgroup_path(&groups.0));
     let container = cgroup.and_then(|p| containers::from_cgroup_path(&p, &runc_container));
     let Ok(tasks) = process.tasks() else {
         return;
     };
     let mut inodes = BTreeSet::new();
-    for task in tasks.flatten() {
+    for task in tasks.flatten().filter(|t| !main_thread_only || t.tid as u32 == pid) {
         let path = PathBuf::from(format!("/proc/{pid}/task/{}/ns/net", task.tid));
         if let Some(inode) = ns_inode_of(&path) {
             if inodes.insert(inode) {
-                id_paths.entry(inode).or_insert(path);
+                ids.learn(inode, path, false);
             }
         }
     }
@@ -133,7 +161,7 @@ fn scan_tasks(process: &Process, pid: u32, out: &mut Scan, id_paths: &mut BTreeM
     }
 }
 
-fn scan_fds(process: &Process, pid: u32, nsfs: Option<u64>, out: &mut Scan, id_paths: &mut BTreeMap<u32, PathBuf>) {
+fn scan_fds(process: &Process, pid: u32, nsfs: Option<u64>, out: &mut Scan, ids: &mut Ids) {
     let Ok(fds) = process.fd() else {
         return;
     };
@@ -147,35 +175,77 @@ fn scan_fds(process: &Process, pid: u32, nsfs: Option<u64>, out: &mut Scan, id_p
         };
         if let Some(inode) = inode {
             entry(out, inode).fds.push((pid, fd.fd as u32));
-            id_paths.entry(inode).or_insert(fd_path);
+            ids.learn(inode, fd_path, false);
         }
     }
 }
 
-fn scan_mounts(process: &Process, pid: u32, out: &mut Scan, id_paths: &mut BTreeMap<u32, PathBuf>) {
-    let Ok(mounts) = process.mountinfo() else {
+fn scan_mounts(pid: u32, out: &mut Scan, ids: &mut Ids) {
+    let Ok(mounts) = mountinfo::of_process(pid) else {
         return;
     };
     for mount in mounts {
         if mount.fs_type != "nsfs" {
             continue;
         }
-        let Some(inode) = nsfs_net_inode(&mount.root) else {
+        let Some(inode) = mountinfo::nsfs_net_inode(&mount.root) else {
             continue;
         };
         // Through /proc/PID/root the path resolves in that process's mount namespace.
-        let through_root = PathBuf::from(format!("/proc/{pid}/root")).join(mount.mount_point.strip_prefix("/").unwrap_or(&mount.mount_point));
+        let through_root = PathBuf::from(format!("/proc/{pid}/root"))
+            .join(mount.mount_point.strip_prefix("/").unwrap_or(&mount.mount_point));
         entry(out, inode).mounts.insert(mount.mount_point.clone());
-        id_paths.entry(inode).or_insert(through_root);
+        ids.learn(inode, through_root, true);
     }
 }
 
-/// Lists every scanned namespace's devices (a thread enters each briefly).
-pub fn with_devices(scan: &mut Scan) {
-    for observed in scan.namespaces.values_mut() {
-        if let Some(path) = &observed.path {
-            observed.devices = super::devices::list(path).unwrap_or_default();
+/// Lists every scanned namespace's devices (by nsid, those in `known`
+/// first, else from inside: [`super::devices::Lister`]).
+/// A path learnt during the scan can be gone by now (its process exited):
+/// every other way in that the scan saw is tried before giving up, and a
+/// namespace whose devices could not be listed says so in `devices_unlisted`.
+pub fn with_devices(scan: &mut Scan, known: &super::devices::KnownNsids) {
+    // One rtnetlink round trip per namespace, mostly spent in the kernel:
+    // spread over the cores (each thread with its own socket).
+    let mut namespaces: Vec<&mut Observed> = scan.namespaces.values_mut().collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let per_thread = namespaces.len().div_ceil(threads).max(256);
+    std::thread::scope(|scope| {
+        for part in namespaces.chunks_mut(per_thread) {
+            scope.spawn(|| {
+                let mut lister = super::devices::Lister::with_known(known.clone());
+                for observed in part {
+                    list_devices(&mut lister, observed);
+                }
+            });
         }
+    });
+}
+
+fn list_devices(lister: &mut super::devices::Lister, observed: &mut Observed) {
+    let mut last_error = None;
+    for path in observed.ways_in() {
+        match lister.list(&path, observed.inode, observed.id) {
+            Ok(devices) => {
+                observed.devices = devices;
+                last_error = None;
+                break;
+            }
+            Err(err) => last_error = Some(format!("{}: {err}", path.display())),
+        }
+    }
+    observed.devices_unlisted = last_error;
+}
+
+impl Observed {
+    /// Every path to this namespace the scan saw, the one its id was read
+    /// through first.
+    pub fn ways_in(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = self.path.iter().cloned().collect();
+        paths.extend(self.mounts.iter().cloned());
+        paths.extend(self.pids.iter().map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net"))));
+        paths.extend(self.fds.iter().map(|(pid, fd)| PathBuf::from(format!("/proc/{pid}/fd/{fd}"))));
+        paths
     }
 }
 
@@ -184,10 +254,10 @@ pub fn with_devices(scan: &mut Scan) {
 pub fn name_of_mount(path: &Path) -> String {
     for dir in ["/run/netns", "/var/run/netns", "/run/docker/netns", "/var/run/docker/netns"] {
         if let Ok(rest) = path.strip_prefix(dir) {
-            return rest.to_string_lossy().into_owned();
+            return path_text(rest);
         }
     }
-    path.to_string_lossy().into_owned()
+    path_text(path)
 }
 
 #[cfg(test)]
@@ -202,9 +272,11 @@ mod tests {
     }
 
     #[test]
-    fn nsfs_roots() {
-        assert_eq!(nsfs_net_inode("net:[4026532177]"), Some(4026532177));
-        assert_eq!(nsfs_net_inode("mnt:[4026531841]"), None);
+    fn names_keep_odd_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(name_of_mount(Path::new("/run/netns/rt sp")), "rt sp");
+        assert_eq!(name_of_mount(Path::new(std::ffi::OsStr::from_bytes(b"/run/netns/a\xff\xfe"))), "a\\xff\\xfe");
+        assert_eq!(name_of_mount(Path::new(std::ffi::OsStr::from_bytes(b"/run/netns/\xff"))), "\\xff");
     }
 
     #[test]
@@ -213,6 +285,16 @@ mod tests {
         let own = ns_inode_of(Path::new("/proc/self/ns/net")).unwrap();
         let observed = &scan.namespaces[&own];
         assert!(observed.pids.contains(&std::process::id()));
-        assert_eq!(observed.id, crate::nsfs::ns_id(Path::new("/proc/self/ns/net")).ok());
+        assert_eq!(observed.id, crate::sys::nsfs::ns_id(Path::new("/proc/self/ns/net")).ok());
+    }
+
+    #[test]
+    fn its_own_threads_elsewhere_are_passing_look_ups() {
+        let (id, listed) = crate::sys::nsfs::run_in_new(|| {
+            let id = crate::sys::nsfs::own_netns_cookie().unwrap();
+            (id, scan().namespaces.values().any(|o| o.id == Some(id)))
+        })
+        .unwrap();
+        assert!(id != 0 && !listed, "a thread of its own in namespace {id} does not make it a member");
     }
 }

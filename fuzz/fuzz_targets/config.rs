@@ -1,0 +1,10 @@
+//! Configuration files (any bytes: the loader checks UTF-8 first).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = nstrail::config::Config::parse(text);
+    }
+});

@@ -1,0 +1,197 @@
+//! The agent's local API end to end, through `nstrail tail` and raw
+//! clients: the audit log joined with the live stream, slow and broken
+//! clients.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use nstrail_tests::{nstrail_binary, NamedNetns, RunningAgent};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A child whose stdout lines are collected as they come.
+struct Collected {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Collected {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(nstrail_binary())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    fn records(&self) -> Vec<serde_json::Value> {
+        self.lines.lock().unwrap().iter().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+    }
+
+    fn wait_for(&self, what: &str, done: impl Fn(&[serde_json::Value]) -> bool) {
+        let deadline = Instant::now() + nstrail_tests::patience(Duration::from_secs(30));
+        while !done(&self.records()) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Collected {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+    }
+}
+
+fn unshare_pid() -> u32 {
+    let child = Command::new("unshare").args(["-n", "true"]).spawn().expect("unshare");
+    let pid = child.id();
+    assert!(child.wait_with_output().expect("wait").status.success());
+    pid
+}
+
+#[test]
+fn tail_joins_the_audit_log_and_the_live_stream_and_filters() {
+    assert!(is_root(), "run the tests as root (cargo xtask test)");
+    let dir = std::env::temp_dir().join(format!("nstrail-tail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = dir.join("events.jsonl");
+    let socket = dir.join("api.sock");
+    let agent =
+        RunningAgent::start_with(&socket, &["--metrics-listen", "127.0.0.1:0", "--audit-log", log.to_str().unwrap()]);
+    let sock = socket.to_str().unwrap();
+    let before: Vec<u32> = (0..3).map(|_| unshare_pid()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let joined =
+        Collected::spawn(&["tail", "--json", "--since", "1h", "--audit-log", log.to_str().unwrap(), "--socket", sock]);
+    let filtered =
+        Collected::spawn(&["tail", "--json", "--type", "netns_create", "--comm", "unshare", "--socket", sock]);
+    joined.wait_for("the earlier events from the log", |r| {
+        before.iter().all(|pid| r.iter().any(|e| e["type"] == "netns_create" && e["actor"]["pid"] == *pid))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let after: Vec<u32> = (0..3).map(|_| unshare_pid()).collect();
+    let (ns, _) = NamedNetns::add("tail");
+    let created_by = |records: &[serde_json::Value], pid: u32| {
+        records.iter().any(|e| e["type"] == "netns_create" && e["actor"]["pid"] == pid)
+    };
+    joined.wait_for("the later events live", |r| after.iter().all(|pid| created_by(r, *pid)));
+    filtered.wait_for("the later creates", |r| after.iter().all(|pid| created_by(r, *pid)));
+    drop(ns);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // From the log into the stream: every seq once, in order, from the start of the run.
+    let seqs: Vec<u64> = joined.records().iter().filter_map(|r| r["seq"].as_u64()).collect();
+    assert_eq!(seqs.first(), Some(&1), "starts with the run's first record");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "no gap, no duplicate: {seqs:?}");
+    // The filtered follower saw only creates by unshare, and only those after it started.
+    let records = filtered.records();
+    assert!(records.iter().all(|r| r["type"] == "netns_create" && r["actor"]["comm"] == "unshare"), "{records:?}");
+    assert!(!before.iter().any(|pid| created_by(&records, *pid)), "no --since: no history");
+    drop(joined);
+    drop(filtered);
+    agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_client_that_never_reads_stalls_nobody_and_is_told_what_it_lost() {
+    use std::io::{Read, Write};
+    assert!(is_root(), "run the tests as root (cargo xtask test)");
+    let dir = std::env::temp_dir().join(format!("nstrail-slow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("nstrail.toml");
+    std::fs::write(&config, "[api]\nclient_buffer = 64\n").unwrap();
+    let socket = dir.join("api.sock");
+    let agent = RunningAgent::start_with(
+        &socket,
+        &["--metrics-listen", "127.0.0.1:0", "--no-audit-log", "--config", config.to_str().unwrap()],
+    );
+    let mut stuck = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    stuck.write_all(b"{\"op\":\"subscribe\"}\n").unwrap();
+    let good = Collected::spawn(&["tail", "--json", "--type", "netns_create", "--socket", socket.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Enough events to fill the stuck client's socket and its queue many times.
+    let pids: Vec<u32> = (0..400).map(|_| unshare_pid()).collect();
+    good.wait_for("every create at the reading client", |r| {
+        pids.iter().all(|pid| r.iter().any(|e| e["actor"]["pid"] == *pid))
+    });
+
+    stuck.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 65536];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&seen).contains("client_dropped") && Instant::now() < deadline {
+        match stuck.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+        // Keep events flowing so the drop notice is sent.
+        if !String::from_utf8_lossy(&seen).contains("client_dropped") {
+            unshare_pid();
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    let ack: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or_default()).expect("ack");
+    assert_eq!((ack["ok"].as_bool(), ack["subscribed"].as_bool()), (Some(true), Some(true)), "{ack}");
+    let notice = text.lines().find(|l| l.contains("client_dropped")).expect("the slow client is told");
+    let notice: serde_json::Value = serde_json::from_str(notice).unwrap();
+    assert!(notice["count"].as_u64().unwrap() > 0);
+    drop(good);
+    agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn garbage_on_the_socket_gets_an_error_and_the_connection_goes_on() {
+    use std::io::{Read, Write};
+    assert!(is_root(), "run the tests as root (cargo xtask test)");
+    let socket = std::env::temp_dir().join(format!("nstrail-garbage-{}.sock", std::process::id()));
+    let agent = RunningAgent::start(&socket);
+    let mut client = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    client.write_all(b"\x00\xff garbage {{{\n{\"op\":\"launch\"}\n{\"op\":\"inventory\"}\n").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut text = String::new();
+    let mut buf = [0u8; 65536];
+    // Three whole lines: the inventory reply may span many reads.
+    while text.lines().count() < 3 || !text.ends_with('\n') {
+        let n = client.read(&mut buf).expect("reply");
+        assert!(n > 0, "connection closed early: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let replies: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON reply")).collect();
+    assert_eq!(replies[0]["ok"], false);
+    assert!(replies[0]["error"].as_str().unwrap().starts_with("bad request"));
+    assert_eq!(replies[1]["error"], "unknown op `launch`; known: inventory, show, sysctl, subscribe");
+    assert_eq!(replies[2]["ok"], true);
+    assert!(replies[2]["namespaces"].as_array().is_some_and(|n| !n.is_empty()));
+    agent.stop();
+}
+
+#[test]
+fn tail_without_an_agent_says_what_to_do() {
+    let out =
+        Command::new(nstrail_binary()).args(["tail", "--socket", "/nonexistent/nstrail.sock"]).output().expect("tail");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no agent is running at /nonexistent/nstrail.sock"));
+}

@@ -1,0 +1,82 @@
+//! Names and containers come from /proc, not from events: the inventory
+//! rescans when the mount table changes (a bind mount such as
+//! /run/netns/NAME appears or goes; the kernel flags /proc/self/mountinfo)
+//! and every few seconds for the rest (containers starting). Scans run on
+//! the blocking pool, never on the event loop.
+
+use std::{
+    io::{Read, Seek},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::io::Interest;
+
+use super::{scan, Inventory};
+use crate::event::EventBody;
+
+/// How often names and containers are refreshed from /proc.
+pub const EVERY: Duration = Duration::from_secs(2);
+
+/// Rescans until the task is dropped; every scan goes to `scans` too (the
+/// sensors that keep per-namespace state of their own take them), and the
+/// `netns_leaked` records of namespaces that crossed the leak age to
+/// `leaked` (the agent's loop numbers and sends them).
+pub async fn run(
+    inventory: Arc<Mutex<Inventory>>,
+    scans: tokio::sync::mpsc::Sender<Arc<scan::Scan>>,
+    leaked: tokio::sync::mpsc::Sender<Vec<EventBody>>,
+) {
+    let mut mountinfo = std::fs::File::open("/proc/self/mountinfo")
+        .and_then(|f| crate::sys::async_fd(f, Interest::PRIORITY))
+        .map_err(|err| log::warn!("cannot watch the mount table ({err}); names refresh every {EVERY:?}"))
+        .ok();
+    let mut every = tokio::time::interval(EVERY);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            changed = async {
+                match mountinfo.as_mut() {
+                    Some(fd) => fd.ready_mut(Interest::PRIORITY).await.map(|mut guard| {
+                        // Reading the table to its end re-arms the change flag.
+                        let file = guard.get_inner_mut();
+                        let _ = file.rewind();
+                        let _ = std::io::copy(&mut file.take(u64::MAX), &mut std::io::sink());
+                        guard.clear_ready();
+                    }),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if changed.is_err() {
+                    mountinfo = None;
+                }
+                // Mounts come in bursts (container start): let them settle.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if let Ok(scan) = tokio::task::spawn_blocking(scan::scan).await {
+            let scan = Arc::new(scan);
+            let leaks = {
+                let mut inventory = inventory.lock().expect("inventory lock");
+                inventory.relabel(&scan);
+                inventory.track_leaks(&scan)
+            };
+            if !leaks.is_empty() {
+                let named = tokio::task::spawn_blocking(move || {
+                    let mut leaks = leaks;
+                    super::leaks::fill_comms(&mut leaks);
+                    leaks
+                });
+                if let Ok(leaks) = named.await {
+                    if leaked.send(leaks).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if scans.send(scan).await.is_err() {
+                return;
+            }
+        }
+    }
+}
