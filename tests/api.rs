@@ -15,10 +15,12 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A child whose stdout lines are collected as they come.
+/// A child whose stdout lines are collected as they come, and its stderr
+/// kept for the failure message (tail reports a `client_dropped` there).
 struct Collected {
     child: std::process::Child,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    errors: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Collected {
@@ -26,18 +28,28 @@ impl Collected {
         let mut child = Command::new(nstrail_binary())
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
         let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
         });
-        Self { child, lines }
+        let sink = errors.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut errors = sink.lock().unwrap();
+                errors.push_str(&line);
+                errors.push('\n');
+            }
+        });
+        Self { child, lines, errors }
     }
 
     fn records(&self) -> Vec<serde_json::Value> {
@@ -47,7 +59,12 @@ impl Collected {
     fn wait_for(&self, what: &str, done: impl Fn(&[serde_json::Value]) -> bool) {
         let deadline = Instant::now() + nstrail_tests::patience(Duration::from_secs(30));
         while !done(&self.records()) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {} lines read; tail's stderr: {:?}",
+                self.lines.lock().unwrap().len(),
+                self.errors.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -120,7 +137,11 @@ fn a_client_that_never_reads_stalls_nobody_and_is_told_what_it_lost() {
     let dir = std::env::temp_dir().join(format!("nstrail-slow-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("nstrail.toml");
-    std::fs::write(&config, "[api]\nclient_buffer = 64\n").unwrap();
+    // A queue that holds the kernel's largest bursts (the cleanup worker
+    // reports a whole batch of destroys at once) for a client that reads,
+    // and overflows many times for one that never does.
+    const QUEUE: usize = 1024;
+    std::fs::write(&config, format!("[api]\nclient_buffer = {QUEUE}\n")).unwrap();
     let socket = dir.join("api.sock");
     let agent = RunningAgent::start_with(
         &socket,
@@ -131,11 +152,15 @@ fn a_client_that_never_reads_stalls_nobody_and_is_told_what_it_lost() {
     let good = Collected::spawn(&["tail", "--json", "--type", "netns_create", "--socket", socket.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(300));
 
-    // Enough events to fill the stuck client's socket and its queue many times.
-    let pids: Vec<u32> = (0..400).map(|_| unshare_pid()).collect();
-    good.wait_for("every create at the reading client", |r| {
-        pids.iter().all(|pid| r.iter().any(|e| e["actor"]["pid"] == *pid))
+    // A create and a destroy per namespace: enough to fill the stuck
+    // client's socket and its queue twice over.
+    let count = 2 * QUEUE;
+    let ran = nstrail_tests::run_ok(env!("CARGO_BIN_EXE_netns-helper"), &["churn", &count.to_string()]);
+    assert_eq!(nstrail_tests::field(&ran.stdout, "created") as usize, count, "every unshare succeeded");
+    good.wait_for(&format!("all {count} creates at the reading client"), |r| {
+        r.iter().filter(|e| e["type"] == "netns_create" && e["actor"]["ppid"] == ran.pid).count() == count
     });
+    assert!(!good.errors.lock().unwrap().contains("dropped"), "the reading client lost nothing");
 
     stuck.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut seen = Vec::new();
