@@ -39,14 +39,31 @@ fn normal(value: &str) -> String {
 /// `ours`: other tests on this host (another agent's device listing, its
 /// test threads) step into every namespace, and an entry changes nothing.
 /// Any other record by anyone stays, so a stray write or veth still fails.
+/// The `netns_identified` record comes from a rescan, at no fixed step:
+/// [`identified`] checks it.
 fn steps(timeline: &Value, ours: &BTreeSet<u64>) -> Vec<(String, u64)> {
     timeline
         .as_array()
         .expect("timeline")
         .iter()
         .map(|r| (r["type"].as_str().unwrap().to_owned(), r["actor"]["pid"].as_u64().unwrap_or(0)))
-        .filter(|(kind, pid)| kind != "netns_enter" || ours.contains(pid))
+        .filter(|(kind, pid)| (kind != "netns_enter" || ours.contains(pid)) && kind != "netns_identified")
         .collect()
+}
+
+/// The names of each `netns_identified` record of a timeline, which must
+/// all come after its create.
+fn identified(timeline: &Value) -> Vec<Value> {
+    let records = timeline.as_array().expect("timeline");
+    let create = records.iter().position(|r| r["type"] == "netns_create").expect("a create");
+    let found: Vec<(usize, Value)> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r["type"] == "netns_identified")
+        .map(|(i, r)| (i, r["names"].clone()))
+        .collect();
+    assert!(found.iter().all(|(i, _)| *i > create), "identified after the create: {timeline}");
+    found.into_iter().map(|(_, names)| names).collect()
 }
 
 /// Devices as `ip -d -j addr` shows them: (ifindex, name, kind, state, flags, mtu, mac, addresses).
@@ -196,8 +213,9 @@ fn show_and_sysctl_tell_the_whole_story_live_destroyed_and_after_inode_reuse() {
     assert_eq!(story["routes"], serde_json::json!({"ipv4": routes_after.0, "ipv6": routes_after.1}));
     assert_eq!(routes_after.0, 2, "the subnet's own route and the one added");
     assert_eq!(story["listening"], serde_json::json!({"tcp": 1, "tcp6": 0}));
-    // Its story, in order, each step with its actor.
+    // Its story, in order, each step with its actor; its name once known.
     assert_eq!(steps(&story["timeline"], &ours), expected);
+    assert_eq!(identified(&story["timeline"]), [serde_json::json!([ns.name])], "named once, after the create");
     let writes: Vec<_> = story["timeline"].as_array().unwrap().iter().filter(|r| r["type"] == "sysctl_write").collect();
     let (w1, w2) = (writes[0], writes[1]);
     assert_eq!((w1["sysctl"].as_str(), w1["new"].as_str()), (Some("net.core.somaxconn"), Some(somaxconn.as_str())));
@@ -324,6 +342,7 @@ fn show_and_sysctl_tell_the_whole_story_live_destroyed_and_after_inode_reuse() {
     assert_eq!(after[..expected.len()], expected[..], "the same story");
     assert_eq!(after.len(), expected.len() + 1, "the story and its end: {after:?}");
     assert_eq!(after.last().map(|s| s.0.as_str()), Some("netns_destroy"));
+    assert_eq!(identified(&gone["timeline"]), [serde_json::json!([ns.name])]);
     assert_eq!(gone["netns"]["names"], serde_json::json!([ns.name]));
     assert!(gone["devices"].as_array().unwrap().is_empty() && gone["members"].as_array().unwrap().is_empty());
     assert_eq!(gone["netns"]["sysctl_overrides"]["net.ipv4.tcp_keepalive_time"], keepalive.as_str());

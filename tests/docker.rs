@@ -165,6 +165,13 @@ fn docker_run_exec_network_connect_and_rm_are_seen_exactly() {
         assert!(is_this_container(&m["from_netns"]), "{m}");
     }
     assert!(destroys[0]["actor"]["comm"].as_str().is_some_and(|c| c.starts_with("kworker")), "{}", destroys[0]);
+    // The create came before docker's bind mount and the container's
+    // process: netns_identified ties it to them, once per new name or
+    // container (both may come in one record).
+    let identified = of_type("netns_identified");
+    assert!((1..=2).contains(&identified.len()), "{}", dump());
+    assert!(identified.iter().all(|l| seq(create) < seq(l) && seq(l) < seq(destroys[0])), "{}", dump());
+    assert!(identified.iter().any(|l| is_this_container(&l["netns"])), "the container is announced: {}", dump());
 
     // What dockerd touches on the host goes with it.
     let bridges = [first.bridge.clone(), second.bridge.clone()];

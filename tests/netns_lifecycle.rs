@@ -100,9 +100,26 @@ fn ip_netns_add_and_del() {
     assert_eq!(actor.comm, "ip");
     let EventBody::NetnsEnter { netns: entered, from_netns, .. } = &by_ip[1].body else { unreachable!() };
     assert_eq!((entered.clone(), from_netns.clone()), (netns(host), netns(named)));
+    // The create came before the mount: the name follows in a record of its
+    // own, from the rescan the mount sets off (at no fixed place after the create).
+    let create_seq = by_ip[0].seq;
+    agent.wait_until(WAIT, "netns_identified", |log| {
+        log.of_type("netns_identified").any(|e| e.body.netns() == Some(&netns(named)))
+    });
 
     let del = ns.delete();
-    assert_history(&mut agent, named.id, &["netns_create", "netns_enter", "netns_destroy"]);
+    agent.wait_until(WAIT, "the destroy", |log| log.destroyed(named.id) >= 1);
+    agent.settle(SETTLE);
+    let (identified, history): (Vec<&Event>, Vec<&Event>) =
+        agent.log.touching(named.id).into_iter().partition(|e| e.body.type_name() == "netns_identified");
+    let types: Vec<&str> = history.iter().map(|e| e.body.type_name()).collect();
+    assert_eq!(types, ["netns_create", "netns_enter", "netns_destroy"], "{}", agent.log.dump());
+    assert_eq!(identified.len(), 1, "named once: {}", agent.log.dump());
+    let EventBody::NetnsIdentified { netns: labelled, names } = &identified[0].body else { unreachable!() };
+    assert_eq!((names.clone(), labelled.name.clone()), (vec![ns.name.clone()], Some(ns.name.clone())));
+    assert!(identified[0].seq > create_seq, "after the create");
+    let EventBody::NetnsDestroy { netns: destroyed, .. } = &history[2].body else { unreachable!() };
+    assert_eq!(destroyed.name.as_ref(), Some(&ns.name), "the destroy keeps the name");
     assert!(agent.log.by_pid(del.pid).is_empty(), "ip netns del itself makes no netns event");
 }
 

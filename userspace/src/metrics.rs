@@ -247,7 +247,9 @@ impl Metrics {
             metrics.device_moves.with_label_values(&[kind]).inc_by(0);
         }
         // The agent's own records.
-        metrics.events.with_label_values(&["netns_leaked"]).inc_by(0);
+        for record in ["netns_leaked", "netns_identified"] {
+            metrics.events.with_label_values(&[record]).inc_by(0);
+        }
         for status in sensor_states {
             for state in [SensorState::Attached, SensorState::Degraded, SensorState::Failed] {
                 let value = (status.state == state) as i64;

@@ -234,8 +234,8 @@ impl Agent {
             None => None,
         };
         let (scan_tx, mut scans) = tokio::sync::mpsc::channel(1);
-        let (leak_tx, mut leaks) = tokio::sync::mpsc::channel(4);
-        let refresh = tokio::spawn(refresh::run(self.inventory.clone(), scan_tx, leak_tx));
+        let (record_tx, mut records) = tokio::sync::mpsc::channel(4);
+        let refresh = tokio::spawn(refresh::run(self.inventory.clone(), scan_tx, record_tx));
         let mut poll = tokio::time::interval(COUNTER_POLL);
         tokio::pin!(shutdown);
         let mut flush_at: Option<tokio::time::Instant> = None;
@@ -258,8 +258,8 @@ impl Agent {
                     }
                 }
                 // The refresh runs outside this loop: its records come here to be numbered.
-                Some(leaked) = leaks.recv() => {
-                    for body in leaked {
+                Some(bodies) = records.recv() => {
+                    for body in bodies {
                         self.emit_now(body, &mut out, &mut summary)?;
                     }
                     flush_at.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_DELAY);

@@ -347,6 +347,17 @@ pub enum EventBody {
         since_agent_start: bool,
         holders: Holders,
     },
+    /// A name (bind mount) or container of a namespace became known after
+    /// the stream first showed the namespace (runtimes mount and start
+    /// their containers after the create): an agent record, once per newly
+    /// known name or container, tying the earlier events to them. `netns`
+    /// carries the labels as known now.
+    NetnsIdentified {
+        netns: Netns,
+        /// Every name it has now (the short names of its bind mounts).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        names: Vec<String>,
+    },
     /// First record of a run: which probes are attached.
     AgentStart {
         version: String,
@@ -370,6 +381,7 @@ impl EventBody {
             Self::VethCreate { .. } => "veth_create",
             Self::Lost { .. } => "lost",
             Self::NetnsLeaked { .. } => "netns_leaked",
+            Self::NetnsIdentified { .. } => "netns_identified",
             Self::AgentStart { .. } => "agent_start",
         }
     }
@@ -381,7 +393,8 @@ impl EventBody {
             | Self::NetnsEnter { netns, .. }
             | Self::NetnsDestroy { netns, .. }
             | Self::SysctlWrite { netns, .. }
-            | Self::NetnsLeaked { netns, .. } => Some(netns),
+            | Self::NetnsLeaked { netns, .. }
+            | Self::NetnsIdentified { netns, .. } => Some(netns),
             Self::DeviceMove { to_netns, .. } => to_netns.as_ref(),
             Self::VethCreate { .. } | Self::Lost { .. } | Self::AgentStart { .. } => None,
         }
@@ -393,9 +406,10 @@ impl EventBody {
         match self {
             Self::NetnsCreate { netns, parent_netns, .. } => vec![netns, parent_netns],
             Self::NetnsEnter { netns, from_netns, .. } => vec![netns, from_netns],
-            Self::NetnsDestroy { netns, .. } | Self::SysctlWrite { netns, .. } | Self::NetnsLeaked { netns, .. } => {
-                vec![netns]
-            }
+            Self::NetnsDestroy { netns, .. }
+            | Self::SysctlWrite { netns, .. }
+            | Self::NetnsLeaked { netns, .. }
+            | Self::NetnsIdentified { netns, .. } => vec![netns],
             Self::DeviceMove { from_netns, to_netns, .. } => from_netns.iter_mut().chain(to_netns.iter_mut()).collect(),
             Self::VethCreate { device, peer, .. } => device.netns.iter_mut().chain(peer.netns.iter_mut()).collect(),
             Self::Lost { .. } | Self::AgentStart { .. } => vec![],
@@ -409,7 +423,9 @@ impl EventBody {
             | Self::NetnsDestroy { actor, .. }
             | Self::SysctlWrite { actor, .. } => Some(actor),
             Self::DeviceMove { actor, .. } | Self::VethCreate { actor, .. } => actor.as_ref(),
-            Self::Lost { .. } | Self::NetnsLeaked { .. } | Self::AgentStart { .. } => None,
+            Self::Lost { .. } | Self::NetnsLeaked { .. } | Self::NetnsIdentified { .. } | Self::AgentStart { .. } => {
+                None
+            }
         }
     }
 }

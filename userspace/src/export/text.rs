@@ -110,6 +110,10 @@ pub fn format_line(event: &Event) -> String {
                 holders_text(holders)
             )
         }
+        EventBody::NetnsIdentified { netns, names } => {
+            let names = if names.is_empty() { String::new() } else { format!(", names {}", names.join(", ")) };
+            format!("netns {} identified{names}", ns(netns))
+        }
         EventBody::Lost { count, event_type } => {
             format!("LOST {count} {event_type} events (kernel ring buffer full)")
         }

@@ -88,6 +88,10 @@ struct Tracked {
     /// Containers last seen in it, kept for its teardown's events (their
     /// processes go before its devices and the namespace do).
     last_containers: Vec<Container>,
+    /// Names and containers the stream has shown for it: those of its
+    /// create, those found at agent start, and those announced since by a
+    /// `netns_identified` record.
+    announced: Labels,
 }
 
 /// Destroyed namespaces kept for late look-ups: at most this many, for at most this long.
@@ -103,6 +107,8 @@ pub struct Inventory {
     leaks: leaks::LeakTracker,
     /// nsids of other namespaces in the agent's, for device listings.
     nsids: devices::KnownNsids,
+    /// `netns_identified` records found by rescans, not yet sent.
+    identified: Vec<EventBody>,
 }
 
 /// What a scan says users call a namespace.
@@ -118,7 +124,12 @@ impl Inventory {
         let mut inventory = Self::default();
         for observed in scan.namespaces.values() {
             if let Some(id) = observed.id {
-                inventory.live.insert(id, Tracked { inode: observed.inode, seen_at_start: true, ..Default::default() });
+                let announced = Labels {
+                    names: observed.mounts.iter().map(|m| name_of_mount(m)).collect(),
+                    containers: observed.containers.iter().cloned().collect(),
+                };
+                let tracked = Tracked { inode: observed.inode, seen_at_start: true, announced, ..Default::default() };
+                inventory.live.insert(id, tracked);
             }
         }
         inventory.relabel(scan);
@@ -148,17 +159,34 @@ impl Inventory {
         self.leaks.without_processes()
     }
 
-    /// Takes names and containers from a fresh scan.
+    /// Takes names and containers from a fresh scan; a live namespace (the
+    /// host's aside) that has a name or container the stream has not shown
+    /// yet gets a `netns_identified` record (see [`Self::take_identified`]).
     pub fn relabel(&mut self, scan: &Scan) {
         for observed in scan.namespaces.values() {
-            if let Some(tracked) = observed.id.and_then(|id| self.live.get_mut(&id)) {
-                if !observed.mounts.is_empty() {
-                    tracked.last_names = observed.mounts.iter().map(|m| name_of_mount(m)).collect();
-                }
-                if !observed.containers.is_empty() {
-                    tracked.last_containers = observed.containers.iter().cloned().collect();
-                }
+            let Some(id) = observed.id else { continue };
+            let Some(tracked) = self.live.get_mut(&id) else { continue };
+            let names: Vec<String> = observed.mounts.iter().map(|m| name_of_mount(m)).collect();
+            if !names.is_empty() {
+                tracked.last_names = names.clone();
             }
+            if !observed.containers.is_empty() {
+                tracked.last_containers = observed.containers.iter().cloned().collect();
+            }
+            if scan.host_inode == Some(observed.inode) {
+                continue;
+            }
+            let announced = &mut tracked.announced;
+            let new_names: Vec<&String> = names.iter().filter(|n| !announced.names.contains(n)).collect();
+            let new_containers: Vec<&Container> =
+                observed.containers.iter().filter(|c| !announced.containers.contains(c)).collect();
+            if new_names.is_empty() && new_containers.is_empty() {
+                continue;
+            }
+            announced.names.extend(new_names.into_iter().cloned());
+            announced.containers.extend(new_containers.into_iter().cloned());
+            self.identified
+                .push(EventBody::NetnsIdentified { netns: crate::event::Netns::new(observed.inode, id), names });
         }
         self.labels = scan
             .namespaces
@@ -169,6 +197,12 @@ impl Inventory {
                 Some((id, Labels { names, containers: o.containers.iter().cloned().collect() }))
             })
             .collect();
+    }
+
+    /// The `netns_identified` records the rescans found since the last call
+    /// (the event's labels are added when it is sent, as for any event).
+    pub fn take_identified(&mut self) -> Vec<EventBody> {
+        std::mem::take(&mut self.identified)
     }
 
     pub fn labels(&self, id: u64) -> Option<&Labels> {
@@ -202,6 +236,9 @@ impl Inventory {
                 tracked.inode = netns.inode;
                 tracked.created = Some(Origin { ts: event.ts.clone(), via: *via, actor: actor.clone() });
                 tracked.seen_at_start = false;
+                // What the create showed (labelled before it is observed).
+                tracked.announced =
+                    Labels { names: netns.name.iter().cloned().collect(), containers: netns.containers.clone() };
             }
             EventBody::NetnsEnter { netns, .. } => {
                 let tracked =
@@ -347,5 +384,79 @@ fn record_of(
         last_event: tracked.last_event.clone(),
         destroyed: None,
         without_processes: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Actor, Netns};
+
+    fn observed(inode: u32, id: u64, mounts: &[&str], containers: &[&str]) -> (u32, scan::Observed) {
+        let observed = scan::Observed {
+            inode,
+            id: Some(id),
+            mounts: mounts.iter().map(Into::into).collect(),
+            containers: containers
+                .iter()
+                .map(|c| Container { runtime: "runc".into(), id: (*c).into(), pod_uid: None })
+                .collect(),
+            ..Default::default()
+        };
+        (inode, observed)
+    }
+
+    fn scan_of(namespaces: Vec<(u32, scan::Observed)>) -> Scan {
+        Scan { namespaces: namespaces.into_iter().collect(), host_inode: Some(1) }
+    }
+
+    fn names_identified(inventory: &mut Inventory) -> Vec<(u64, Vec<String>)> {
+        inventory
+            .take_identified()
+            .into_iter()
+            .map(|body| match body {
+                EventBody::NetnsIdentified { netns, names } => (netns.id, names),
+                other => panic!("not an identification: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_name_or_container_found_after_the_create_is_announced_once() {
+        let at_start = scan_of(vec![observed(1, 10, &[], &[]), observed(2, 20, &["/run/netns/old"], &["c1"])]);
+        let mut inventory = Inventory::from_scan(&at_start);
+        inventory.relabel(&at_start);
+        assert_eq!(names_identified(&mut inventory), [], "what was known at start is not news");
+
+        let create = EventBody::NetnsCreate {
+            netns: Netns::new(3, 30),
+            parent_netns: Netns::new(1, 10),
+            via: CreateVia::Unshare,
+            actor: Actor { pid: 5, tid: 5, ppid: 1, uid: 0, gid: 0, comm: "ip".into(), cgroup_id: 1 },
+            child: None,
+        };
+        inventory.observe(&Event { ts: "t".into(), seq: 1, body: create });
+        let later = |mounts: &[&str], containers: &[&str], host: &[&str]| {
+            scan_of(vec![
+                observed(1, 10, &[], host),
+                observed(2, 20, &["/run/netns/old"], &["c1"]),
+                observed(3, 30, mounts, containers),
+            ])
+        };
+        inventory.relabel(&later(&[], &[], &[]));
+        assert_eq!(names_identified(&mut inventory), [], "nothing known yet");
+        inventory.relabel(&later(&["/run/netns/web"], &[], &[]));
+        assert_eq!(names_identified(&mut inventory), [(30, vec!["web".to_owned()])]);
+        inventory.relabel(&later(&["/run/netns/web"], &[], &[]));
+        assert_eq!(names_identified(&mut inventory), [], "once");
+        inventory.relabel(&later(&["/run/netns/web"], &["c2"], &["host-net"]));
+        assert_eq!(
+            names_identified(&mut inventory),
+            [(30, vec!["web".to_owned()])],
+            "a new container; the host's aside"
+        );
+        inventory.relabel(&later(&[], &[], &[]));
+        inventory.relabel(&later(&["/run/netns/web"], &["c2"], &[]));
+        assert_eq!(names_identified(&mut inventory), [], "labels that come back are not news");
     }
 }

@@ -20,12 +20,13 @@ pub const EVERY: Duration = Duration::from_secs(2);
 
 /// Rescans until the task is dropped; every scan goes to `scans` too (the
 /// sensors that keep per-namespace state of their own take them), and the
-/// `netns_leaked` records of namespaces that crossed the leak age to
-/// `leaked` (the agent's loop numbers and sends them).
+/// agent's own records to `records` (the agent's loop numbers and sends
+/// them): `netns_identified` for namespaces whose names or containers
+/// became known, `netns_leaked` for those that crossed the leak age.
 pub async fn run(
     inventory: Arc<Mutex<Inventory>>,
     scans: tokio::sync::mpsc::Sender<Arc<scan::Scan>>,
-    leaked: tokio::sync::mpsc::Sender<Vec<EventBody>>,
+    records: tokio::sync::mpsc::Sender<Vec<EventBody>>,
 ) {
     let mut mountinfo = std::fs::File::open("/proc/self/mountinfo")
         .and_then(|f| crate::sys::async_fd(f, Interest::PRIORITY))
@@ -57,11 +58,14 @@ pub async fn run(
         }
         if let Ok(scan) = tokio::task::spawn_blocking(scan::scan).await {
             let scan = Arc::new(scan);
-            let leaks = {
+            let (identified, leaks) = {
                 let mut inventory = inventory.lock().expect("inventory lock");
                 inventory.relabel(&scan);
-                inventory.track_leaks(&scan)
+                (inventory.take_identified(), inventory.track_leaks(&scan))
             };
+            if !identified.is_empty() && records.send(identified).await.is_err() {
+                return;
+            }
             if !leaks.is_empty() {
                 let named = tokio::task::spawn_blocking(move || {
                     let mut leaks = leaks;
@@ -69,7 +73,7 @@ pub async fn run(
                     leaks
                 });
                 if let Ok(leaks) = named.await {
-                    if leaked.send(leaks).await.is_err() {
+                    if records.send(leaks).await.is_err() {
                         return;
                     }
                 }
