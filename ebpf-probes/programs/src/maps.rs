@@ -30,9 +30,19 @@ pub static NETNS_BEFORE_SYSCALL: LruHashMap<u64, NetnsRef> = LruHashMap::with_ma
 /// Upper bound of namespaces the cleanup walk visits in one pass.
 pub const MAX_WALKED_NETNS: u32 = 65536;
 
-/// Namespaces (struct net addresses) seen when the current cleanup started.
+/// One namespace seen when the current cleanup started: where it was, and
+/// who it was (the memory may hold another namespace by the time the work
+/// ends).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Sighting {
+    pub net: u64,
+    pub netns: NetnsRef,
+}
+
+/// Namespaces seen when the current cleanup started.
 #[map]
-pub static CLEANUP_SNAPSHOT: Array<u64> = Array::with_max_entries(MAX_WALKED_NETNS, 0);
+pub static CLEANUP_SNAPSHOT: Array<Sighting> = Array::with_max_entries(MAX_WALKED_NETNS, 0);
 
 /// State of the running `cleanup_net` work item (the netns workqueue is
 /// ordered: one runs at a time).

@@ -22,7 +22,7 @@ use crate::{
         read_at, task_ids, task_net, task_nsproxy, task_nsproxy_net, ReadFailed,
     },
     maps::{
-        count_probe_error, emit, CLEANUP_SNAPSHOT, CLEANUP_STATE, DESTROY_REPORTED, MAX_WALKED_NETNS,
+        count_probe_error, emit, Sighting, CLEANUP_SNAPSHOT, CLEANUP_STATE, DESTROY_REPORTED, MAX_WALKED_NETNS,
         NETNS_BEFORE_SYSCALL,
     },
 };
@@ -287,10 +287,13 @@ fn clone_syscall(parent: u64) -> u32 {
 // walk every namespace (net_namespace_list, reached through init_net) and
 // report those with a zero refcount. A namespace whose count drops to zero
 // while the walk runs may still be torn down by this same run; so the walk
-// remembers every namespace it saw, and when the work ends it reports those
-// that now have a zero refcount. Their memory is still valid then: the
-// kernel frees a namespace no earlier than the next cleanup run. Cookies are
-// never reused, so `DESTROY_REPORTED` makes each report happen exactly once.
+// remembers every namespace it saw (address, inode and cookie), and when the
+// work ends it reports those that now have a zero refcount. The run frees
+// the namespaces it tore down before it ends, and a namespace created
+// meanwhile may take the freed memory: a remembered address that no longer
+// holds the remembered cookie (or cannot be read) was freed, so that
+// namespace is reported with the identity remembered. Cookies are never
+// reused, so `DESTROY_REPORTED` makes each report happen exactly once.
 
 const LIST_HEAD_PREV: u32 = 8;
 
@@ -350,8 +353,10 @@ unsafe extern "C" fn walk_at_start(index: u64, walk: *mut c_void) -> i64 {
     }
     let net = walk.node - layout!(net_list) as u64;
     if let Some(slot) = CLEANUP_SNAPSHOT.get_ptr_mut(index as u32) {
+        // An unreadable namespace is remembered as nothing (cookie 0).
+        let netns = netns_ref(net).unwrap_or_default();
         // SAFETY: array slot owned by the single running cleanup.
-        unsafe { *slot = net };
+        unsafe { *slot = Sighting { net, netns } };
     }
     walk.visited = index as u32 + 1;
     report_if_dead(net, destroy_seen_at::CLEANUP_START, &walk.actor);
@@ -386,10 +391,17 @@ pub fn on_work_end(ctx: &BtfTracePointContext) {
 unsafe extern "C" fn walk_at_end(index: u64, actor: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer on_work_end gave it.
     let actor = unsafe { &*(actor as *const Actor) };
-    let Some(net) = CLEANUP_SNAPSHOT.get(index as u32).copied() else {
+    let Some(seen) = CLEANUP_SNAPSHOT.get(index as u32).copied() else {
         return 1;
     };
-    report_if_dead(net, destroy_seen_at::CLEANUP_END, actor);
+    if seen.netns.cookie == 0 {
+        return 0;
+    }
+    match read_at::<u64>(seen.net, layout!(net_cookie)) {
+        Ok(cookie) if cookie == seen.netns.cookie => report_if_dead(seen.net, destroy_seen_at::CLEANUP_END, actor),
+        // Freed by this run (and maybe taken by a newer namespace).
+        _ => report_destroyed(seen.netns, destroy_seen_at::CLEANUP_END, actor),
+    }
     0
 }
 
@@ -404,6 +416,11 @@ fn report_if_dead(net: u64, seen_at: u32, actor: &Actor) {
     let Ok(netns) = netns_ref(net) else {
         return;
     };
+    report_destroyed(netns, seen_at, actor);
+}
+
+#[inline(always)]
+fn report_destroyed(netns: NetnsRef, seen_at: u32, actor: &Actor) {
     // SAFETY: presence test only.
     if unsafe { DESTROY_REPORTED.get(netns.cookie) }.is_some() {
         return;
