@@ -190,8 +190,8 @@ fn show_and_sysctl_tell_the_whole_story_live_destroyed_and_after_inode_reuse() {
     .collect();
     let ours: BTreeSet<u64> = expected.iter().map(|(_, pid)| *pid).collect();
     let routes_before = (routes4.0, routes6.0);
-    let story = wait_json(&agent, &["show", &ns.name], "the last step in the story", |s| {
-        steps(&s["timeline"], &ours).len() >= expected.len()
+    let story = wait_json(&agent, &["show", &ns.name], "the last step in the story, and the name", |s| {
+        steps(&s["timeline"], &ours).len() >= expected.len() && !identified(&s["timeline"]).is_empty()
     });
     let routes_after = (route_count(&ns.name, "-4").0, route_count(&ns.name, "-6").0);
     assert_eq!(routes_before, routes_after, "the routes held still");

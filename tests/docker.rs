@@ -82,6 +82,14 @@ fn docker_run_exec_network_connect_and_rm_are_seen_exactly() {
         assert!(Instant::now() < deadline, "nstrail ls never named container {id}: {record:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The stream says so too, in a record of its own (the agent's next rescan).
+    wait_for(&agent, "netns_identified with the container", |lines| {
+        lines.iter().any(|l| {
+            l["type"] == "netns_identified"
+                && touches(l, "netns", netns.id)
+                && l["netns"]["containers"].as_array().is_some_and(|c| c.iter().any(|c| c["id"] == id.as_str()))
+        })
+    });
     docker.ok(&["exec", &container.name, "true"]);
     docker.ok(&["network", "connect", &second.name, &container.name]);
     wait_for(&agent, "the second network's veth", |lines| {

@@ -107,8 +107,6 @@ pub struct Inventory {
     leaks: leaks::LeakTracker,
     /// nsids of other namespaces in the agent's, for device listings.
     nsids: devices::KnownNsids,
-    /// `netns_identified` records found by rescans, not yet sent.
-    identified: Vec<EventBody>,
 }
 
 /// What a scan says users call a namespace.
@@ -159,34 +157,17 @@ impl Inventory {
         self.leaks.without_processes()
     }
 
-    /// Takes names and containers from a fresh scan; a live namespace (the
-    /// host's aside) that has a name or container the stream has not shown
-    /// yet gets a `netns_identified` record (see [`Self::take_identified`]).
+    /// Takes names and containers from a fresh scan.
     pub fn relabel(&mut self, scan: &Scan) {
         for observed in scan.namespaces.values() {
-            let Some(id) = observed.id else { continue };
-            let Some(tracked) = self.live.get_mut(&id) else { continue };
-            let names: Vec<String> = observed.mounts.iter().map(|m| name_of_mount(m)).collect();
-            if !names.is_empty() {
-                tracked.last_names = names.clone();
+            if let Some(tracked) = observed.id.and_then(|id| self.live.get_mut(&id)) {
+                if !observed.mounts.is_empty() {
+                    tracked.last_names = observed.mounts.iter().map(|m| name_of_mount(m)).collect();
+                }
+                if !observed.containers.is_empty() {
+                    tracked.last_containers = observed.containers.iter().cloned().collect();
+                }
             }
-            if !observed.containers.is_empty() {
-                tracked.last_containers = observed.containers.iter().cloned().collect();
-            }
-            if scan.host_inode == Some(observed.inode) {
-                continue;
-            }
-            let announced = &mut tracked.announced;
-            let new_names: Vec<&String> = names.iter().filter(|n| !announced.names.contains(n)).collect();
-            let new_containers: Vec<&Container> =
-                observed.containers.iter().filter(|c| !announced.containers.contains(c)).collect();
-            if new_names.is_empty() && new_containers.is_empty() {
-                continue;
-            }
-            announced.names.extend(new_names.into_iter().cloned());
-            announced.containers.extend(new_containers.into_iter().cloned());
-            self.identified
-                .push(EventBody::NetnsIdentified { netns: crate::event::Netns::new(observed.inode, id), names });
         }
         self.labels = scan
             .namespaces
@@ -199,10 +180,32 @@ impl Inventory {
             .collect();
     }
 
-    /// The `netns_identified` records the rescans found since the last call
-    /// (the event's labels are added when it is sent, as for any event).
-    pub fn take_identified(&mut self) -> Vec<EventBody> {
-        std::mem::take(&mut self.identified)
+    /// The `netns_identified` records of a fresh scan: one for each live
+    /// namespace (the host's aside) with a name or container the stream has
+    /// not shown yet. Only the refresh task asks, so that a listing (which
+    /// scans too) never takes an announcement from the stream; the record's
+    /// labels are added when it is sent, as for any event.
+    pub fn identified(&mut self, scan: &Scan) -> Vec<EventBody> {
+        let mut out = Vec::new();
+        for observed in scan.namespaces.values() {
+            if scan.host_inode == Some(observed.inode) {
+                continue;
+            }
+            let Some(id) = observed.id else { continue };
+            let Some(tracked) = self.live.get_mut(&id) else { continue };
+            let names: Vec<String> = observed.mounts.iter().map(|m| name_of_mount(m)).collect();
+            let announced = &mut tracked.announced;
+            let new_names: Vec<&String> = names.iter().filter(|n| !announced.names.contains(n)).collect();
+            let new_containers: Vec<&Container> =
+                observed.containers.iter().filter(|c| !announced.containers.contains(c)).collect();
+            if new_names.is_empty() && new_containers.is_empty() {
+                continue;
+            }
+            announced.names.extend(new_names.into_iter().cloned());
+            announced.containers.extend(new_containers.into_iter().cloned());
+            out.push(EventBody::NetnsIdentified { netns: crate::event::Netns::new(observed.inode, id), names });
+        }
+        out
     }
 
     pub fn labels(&self, id: u64) -> Option<&Labels> {
@@ -410,9 +413,10 @@ mod tests {
         Scan { namespaces: namespaces.into_iter().collect(), host_inode: Some(1) }
     }
 
-    fn names_identified(inventory: &mut Inventory) -> Vec<(u64, Vec<String>)> {
+    fn names_identified(inventory: &mut Inventory, scan: &Scan) -> Vec<(u64, Vec<String>)> {
+        inventory.relabel(scan);
         inventory
-            .take_identified()
+            .identified(scan)
             .into_iter()
             .map(|body| match body {
                 EventBody::NetnsIdentified { netns, names } => (netns.id, names),
@@ -425,8 +429,7 @@ mod tests {
     fn a_name_or_container_found_after_the_create_is_announced_once() {
         let at_start = scan_of(vec![observed(1, 10, &[], &[]), observed(2, 20, &["/run/netns/old"], &["c1"])]);
         let mut inventory = Inventory::from_scan(&at_start);
-        inventory.relabel(&at_start);
-        assert_eq!(names_identified(&mut inventory), [], "what was known at start is not news");
+        assert_eq!(names_identified(&mut inventory, &at_start), [], "what was known at start is not news");
 
         let create = EventBody::NetnsCreate {
             netns: Netns::new(3, 30),
@@ -443,20 +446,15 @@ mod tests {
                 observed(3, 30, mounts, containers),
             ])
         };
-        inventory.relabel(&later(&[], &[], &[]));
-        assert_eq!(names_identified(&mut inventory), [], "nothing known yet");
-        inventory.relabel(&later(&["/run/netns/web"], &[], &[]));
-        assert_eq!(names_identified(&mut inventory), [(30, vec!["web".to_owned()])]);
-        inventory.relabel(&later(&["/run/netns/web"], &[], &[]));
-        assert_eq!(names_identified(&mut inventory), [], "once");
-        inventory.relabel(&later(&["/run/netns/web"], &["c2"], &["host-net"]));
-        assert_eq!(
-            names_identified(&mut inventory),
-            [(30, vec!["web".to_owned()])],
-            "a new container; the host's aside"
-        );
-        inventory.relabel(&later(&[], &[], &[]));
-        inventory.relabel(&later(&["/run/netns/web"], &["c2"], &[]));
-        assert_eq!(names_identified(&mut inventory), [], "labels that come back are not news");
+        assert_eq!(names_identified(&mut inventory, &later(&[], &[], &[])), [], "nothing known yet");
+        let named = later(&["/run/netns/web"], &[], &[]);
+        inventory.live_records(&named);
+        assert_eq!(names_identified(&mut inventory, &named), [(30, vec!["web".to_owned()])], "a listing takes nothing");
+        assert_eq!(names_identified(&mut inventory, &named), [], "once");
+        let filled = later(&["/run/netns/web"], &["c2"], &["host-net"]);
+        let web = vec!["web".to_owned()];
+        assert_eq!(names_identified(&mut inventory, &filled), [(30, web)], "a new container; the host's aside");
+        assert_eq!(names_identified(&mut inventory, &later(&[], &[], &[])), []);
+        assert_eq!(names_identified(&mut inventory, &filled), [], "labels that come back are not news");
     }
 }

@@ -61,7 +61,7 @@ pub async fn run(
             let (identified, leaks) = {
                 let mut inventory = inventory.lock().expect("inventory lock");
                 inventory.relabel(&scan);
-                (inventory.take_identified(), inventory.track_leaks(&scan))
+                (inventory.identified(&scan), inventory.track_leaks(&scan))
             };
             if !identified.is_empty() && records.send(identified).await.is_err() {
                 return;
