@@ -112,15 +112,11 @@ fn hostile_names_are_escaped_in_ls_and_tail_and_listed_once() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("tail");
-    std::thread::sleep(Duration::from_millis(500));
     let dir = std::env::temp_dir().join(format!("nstrail-hostile-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let evil = dir.join("\u{1b}[31mevil");
     let _ = std::fs::remove_file(&evil);
     std::os::unix::fs::symlink(which("nsenter"), &evil).expect("symlink");
-    let entered = Command::new(&evil).arg(&netns_arg).arg("true").status().expect("enter");
-    assert!(entered.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
     let stdout = tail.stdout.take().expect("stdout");
     let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -129,11 +125,19 @@ fn hostile_names_are_escaped_in_ls_and_tail_and_listed_once() {
             let _ = tx.send(line);
         }
     });
-    let line = loop {
-        let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the enter in tail");
-        if line.contains("\\e[31mevil") {
-            break line;
+    // Entered again every second until tail shows it: tail may not have
+    // subscribed yet when the first enter happens.
+    let deadline = Instant::now() + nstrail_tests::patience(Duration::from_secs(20));
+    let line = 'found: loop {
+        let entered = Command::new(&evil).arg(&netns_arg).arg("true").status().expect("enter");
+        assert!(entered.success());
+        let next = Instant::now() + Duration::from_secs(1);
+        while let Ok(line) = lines.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            if line.contains("\\e[31mevil") {
+                break 'found line;
+            }
         }
+        assert!(Instant::now() < deadline, "the enter never showed in tail");
     };
     let _ = tail.kill();
     let _ = tail.wait();

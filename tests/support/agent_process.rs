@@ -80,6 +80,11 @@ impl RunningAgent {
         Self { child, lines }
     }
 
+    /// Every record the agent printed so far.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
     /// Namespace ids of the netns_create records printed so far.
     pub fn creates(&self) -> Vec<u64> {
         self.lines

@@ -62,6 +62,17 @@ btf=missing
 [ -e /sys/kernel/btf/vmlinux ] && btf=present
 echo "@@nstrail-vm ready kernel=$($BB uname -r) cpus=$($BB nproc) btf=$btf lsm=$($BB cat /sys/kernel/security/lsm 2>/dev/null) uptime=$($BB cut -d' ' -f1 /proc/uptime)"
 
+# Every user process and thread: state, wait channel, kernel stack, command.
+dump_processes() {
+    for task in /proc/[0-9]*/task/[0-9]*; do
+        # (proc files show size 0: read them to know.)
+        command=$($BB tr '\0' ' ' <"$task/cmdline" 2>/dev/null | $BB cut -c1-200)
+        [ -n "$command" ] || continue
+        echo "  task ${task#/proc/} $($BB cat "$task/comm" 2>/dev/null) $($BB grep '^State:' "$task/status" 2>/dev/null) wchan=$($BB cat "$task/wchan" 2>/dev/null): $command"
+        $BB head -6 "$task/stack" 2>/dev/null | $BB sed 's/^/      /'
+    done
+}
+
 # run_suite NAME DIR EXE PACKAGE BUDGET_SECS -- TEST ARGS...
 run_suite() {
     name=$1 dir=$2 exe=$3 package=$4 budget=$5
@@ -73,8 +84,20 @@ run_suite() {
             cd "$dir" || exit 126
             export CARGO_MANIFEST_DIR="$dir" CARGO_PKG_NAME="$package" RUST_TEST_THREADS="$TEST_THREADS"
             exec $BB timeout -s KILL "$budget" "$exe" "$@"
-        )
+        ) &
+        suite=$!
+        # A suite about to be killed for its budget shows where it hangs
+        # (the sleep holds no end of the pipe, so killing the watchdog ends it).
+        (
+            dump_at=$((budget > 40 ? budget - 15 : budget))
+            $BB sleep $dump_at >/dev/null 2>&1 </dev/null
+            echo "nstrail-vm: $name still running after $dump_at s; its processes:"
+            dump_processes
+        ) &
+        watchdog=$!
+        wait $suite
         echo $? >"$RESULTS/$name.rc"
+        $BB kill $watchdog 2>/dev/null
     } 2>&1 | tee "$RESULTS/$name.out"
     end=$($BB cut -d' ' -f1 /proc/uptime)
     rc=$($BB cat "$RESULTS/$name.rc" 2>/dev/null)
