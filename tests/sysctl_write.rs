@@ -117,10 +117,13 @@ fn sysctl_w_in_the_host_namespace() {
 #[test]
 fn ip_netns_exec_sysctl_w_acts_on_that_namespace() {
     let (ns, _) = NamedNetns::add("sysctl");
+    // A new namespace's IPv4 forwarding is the host's (0, or 1 on a router
+    // or Docker host).
+    let before = read_in(&ns, "/proc/sys/net/ipv4/ip_forward");
     let mut agent = TestAgent::start();
     let ran = run_ok("ip", &["netns", "exec", &ns.name, "sysctl", "-w", "net.ipv4.ip_forward=1"]);
     let (write, actor, _) = only_write_by(&mut agent, ran.pid);
-    assert_eq!(write, write_in("net.ipv4.ip_forward", "0", "1", SysctlResult::Applied, ns.identity()));
+    assert_eq!(write, write_in("net.ipv4.ip_forward", &before, "1", SysctlResult::Applied, ns.identity()));
     assert_eq!(actor.comm, "sysctl");
     assert_eq!(read_in(&ns, "/proc/sys/net/ipv4/ip_forward"), "1");
 }
@@ -154,16 +157,17 @@ fn a_write_acts_on_the_namespace_its_file_was_opened_in() {
 #[test]
 fn an_invalid_value_is_rejected_by_the_kernel() {
     let (ns, _) = NamedNetns::add("invalid");
+    let before = read_in(&ns, "/proc/sys/net/ipv4/ip_forward");
     let mut agent = TestAgent::start();
     let ran = run("ip", &["netns", "exec", &ns.name, "sh", "-c", "echo abc > /proc/sys/net/ipv4/ip_forward"]);
     assert!(!ran.success, "the write fails for the writer");
     let (write, _, _) = only_write_by(&mut agent, ran.pid);
     let expected = Write {
         errno: agent.sysctl_errno_known().then_some(libc::EINVAL as u32),
-        ..write_in("net.ipv4.ip_forward", "0", "abc", SysctlResult::Rejected, ns.identity())
+        ..write_in("net.ipv4.ip_forward", &before, "abc", SysctlResult::Rejected, ns.identity())
     };
     assert_eq!(write, expected);
-    assert_eq!(read_in(&ns, "/proc/sys/net/ipv4/ip_forward"), "0");
+    assert_eq!(read_in(&ns, "/proc/sys/net/ipv4/ip_forward"), before);
 }
 
 #[test]

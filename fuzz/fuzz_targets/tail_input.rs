@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
             types: vec!["netns_create".into()],
             netns: Some("blue".into()),
             container: Some("runc:a".into()),
+            pod: Some("shop/web".into()),
             comm: Some("ip".into()),
             pid: Some(1),
         };

@@ -55,6 +55,9 @@ pub struct TailArgs {
     /// Only events in this container's namespace: id prefix or runtime:id.
     #[arg(long)]
     pub container: Option<String>,
+    /// Only events in this Kubernetes pod's namespace: namespace/name, name or uid.
+    #[arg(long)]
+    pub pod: Option<String>,
     /// Only events by a thread of this name.
     #[arg(long)]
     pub comm: Option<String>,
@@ -189,6 +192,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 types: args.types,
                 netns: args.netns,
                 container: args.container,
+                pod: args.pod,
                 comm: args.comm,
                 pid: args.pid,
             },
@@ -302,6 +306,7 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
             sensors: SensorOptions { sysctl_policy: config.sysctl_policy.clone(), ..Default::default() },
             metrics: config.metrics.clone(),
             leak_age: config.leak_age,
+            cri_socket: config.cri_socket.clone(),
         };
         let agent = Agent::load(&options)?;
         let metrics_server = match args.metrics_listen.or(config.metrics_listen) {

@@ -15,6 +15,7 @@ pub fn render_table(records: &[NetnsRecord]) -> String {
         "PROCS".to_owned(),
         "DEVICES".to_owned(),
         "CONTAINER".to_owned(),
+        "POD".to_owned(),
         "CREATED".to_owned(),
         "BY".to_owned(),
     ]];
@@ -50,6 +51,7 @@ pub fn render_table(records: &[NetnsRecord]) -> String {
                 (None, false) => devices,
             },
             if container.is_empty() { "-".into() } else { container },
+            r.pod.as_ref().map_or("-".into(), |p| format!("{}/{}", p.namespace, p.name)),
             created,
             by,
         ];

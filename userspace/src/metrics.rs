@@ -184,7 +184,7 @@ impl Metrics {
                 &r,
                 "nstrail_netns_info",
                 "One series per live namespace (opt-in, capped), always 1.",
-                &["inode", "id", "name", "container"],
+                &["inode", "id", "name", "container", "pod"],
             ),
             log_write_errors: counter(&r, "nstrail_log_write_errors_total", "Failed writes to the audit log."),
             audit_sealed: gauge(&r, "nstrail_audit_sealed", "1 when the audit log is sealed with a key."),
@@ -295,8 +295,8 @@ impl Metrics {
         self.without_processes.set(inventory.without_processes() as i64);
         self.netns_info.reset();
         if self.options.netns_info {
-            for (inode, id, name, container) in inventory.info_labels(self.options.netns_info_limit) {
-                self.netns_info.with_label_values(&[&inode, &id, &name, &container]).set(1);
+            for l in inventory.info_labels(self.options.netns_info_limit) {
+                self.netns_info.with_label_values(&[&l.inode, &l.id, &l.name, &l.container, &l.pod]).set(1);
             }
         }
         let mut out = Vec::new();

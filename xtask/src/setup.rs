@@ -28,6 +28,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/docker", "docker.io"),
     ("/usr/sbin/dockerd", "docker.io"),
     ("containerd", "containerd"),
+    // tests/cri.rs: the CNI bridge containerd's CRI sets pods up with.
+    ("/usr/lib/cni/bridge", "containernetworking-plugins"),
     ("prometheus", "prometheus"),
     ("systemd-analyze", "systemd"),
     ("/usr/share/doc/python3-venv/copyright", "python3-venv"),

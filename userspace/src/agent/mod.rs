@@ -63,6 +63,8 @@ pub struct AgentOptions {
     /// `[inventory] leak_age`: a namespace without a member process for
     /// this long, claimed by no running container, is reported as leaked.
     pub leak_age: Duration,
+    /// `[inventory] cri_socket`: the container runtime asked for pods.
+    pub cri_socket: crate::inventory::pods::CriSocket,
 }
 
 impl Default for AgentOptions {
@@ -72,6 +74,7 @@ impl Default for AgentOptions {
             sensors: SensorOptions::default(),
             metrics: MetricsOptions::default(),
             leak_age: crate::inventory::leaks::DEFAULT_AGE,
+            cri_socket: Default::default(),
         }
     }
 }
@@ -102,6 +105,8 @@ pub struct Agent {
     sequencer: Sequencer,
     inventory: Arc<Mutex<Inventory>>,
     metrics: Arc<Metrics>,
+    /// Where the inventory's refresh asks for pods.
+    cri_socket: crate::inventory::pods::CriSocket,
 }
 
 impl Agent {
@@ -189,6 +194,7 @@ impl Agent {
             sequencer: Sequencer::new(),
             inventory,
             metrics,
+            cri_socket: options.cri_socket.clone(),
         })
     }
 
@@ -235,7 +241,8 @@ impl Agent {
         };
         let (scan_tx, mut scans) = tokio::sync::mpsc::channel(1);
         let (record_tx, mut records) = tokio::sync::mpsc::channel(4);
-        let refresh = tokio::spawn(refresh::run(self.inventory.clone(), scan_tx, record_tx));
+        let pods = crate::inventory::pods::PodWatch::new(self.cri_socket.clone());
+        let refresh = tokio::spawn(refresh::run(self.inventory.clone(), pods, scan_tx, record_tx));
         let mut poll = tokio::time::interval(COUNTER_POLL);
         tokio::pin!(shutdown);
         let mut flush_at: Option<tokio::time::Instant> = None;

@@ -38,6 +38,10 @@ struct InventorySection {
     /// How long a namespace may have no member process before it is reported as leaked.
     #[serde(default = "default_leak_age")]
     leak_age: toml::Spanned<String>,
+    /// The container runtime's CRI socket, asked for pods: a path, "auto"
+    /// (the default: containerd's or CRI-O's, whichever exists) or "none".
+    #[serde(default)]
+    cri_socket: Option<toml::Spanned<String>>,
 }
 
 /// A namespace without a member process for this long is leaked, by default.
@@ -49,7 +53,7 @@ fn default_leak_age() -> toml::Spanned<String> {
 
 impl Default for InventorySection {
     fn default() -> Self {
-        Self { leak_age: default_leak_age() }
+        Self { leak_age: default_leak_age(), cri_socket: None }
     }
 }
 
@@ -199,6 +203,8 @@ pub struct Config {
     /// A namespace without a member process for this long, claimed by no
     /// running container, is reported as leaked.
     pub leak_age: std::time::Duration,
+    /// Where pods come from.
+    pub cri_socket: crate::inventory::pods::CriSocket,
 }
 
 impl Default for Config {
@@ -355,7 +361,22 @@ impl Config {
                 }
             })
             .map_err(|e| format!("line {}: inventory leak_age {e}", line_of(text, age.span().start)))?;
+        let cri_socket = match file.inventory.cri_socket.as_ref() {
+            None => crate::inventory::pods::CriSocket::Auto,
+            Some(socket) => match socket.get_ref().as_str() {
+                "auto" => crate::inventory::pods::CriSocket::Auto,
+                "none" => crate::inventory::pods::CriSocket::Off,
+                path if path.starts_with('/') => crate::inventory::pods::CriSocket::At(path.into()),
+                other => {
+                    return Err(format!(
+                        "line {}: inventory cri_socket {other:?} is not an absolute path, \"auto\" or \"none\"",
+                        line_of(text, socket.span().start)
+                    ))
+                }
+            },
+        };
         Ok(Self {
+            cri_socket,
             sysctl_policy: SysctlPolicy::compile(&file.sysctl_policy)
                 .map_err(|e| format!("line {}: {}", line_of(text, e.at), e.message))?,
             metrics_listen,
@@ -437,6 +458,20 @@ mod tests {
         let err = Config::parse("[audit_log]\n\nseal_interval = \"5\"\n").unwrap_err();
         assert!(err.starts_with("line 3: audit_log seal_interval \"5\" is not a duration"), "{err}");
         assert!(Config::parse("[audit_log]\nseal_interval = \"10ms\"\n").is_err());
+    }
+
+    #[test]
+    fn cri_socket_defaults_to_auto_and_is_checked() {
+        use crate::inventory::pods::CriSocket;
+        assert_eq!(Config::parse("").unwrap().cri_socket, CriSocket::Auto);
+        assert_eq!(Config::parse("[inventory]\ncri_socket = \"none\"\n").unwrap().cri_socket, CriSocket::Off);
+        let at = Config::parse("[inventory]\ncri_socket = \"/run/k3s/containerd/containerd.sock\"\n").unwrap();
+        assert_eq!(at.cri_socket, CriSocket::At("/run/k3s/containerd/containerd.sock".into()));
+        let err = Config::parse("[inventory]\n\ncri_socket = \"containerd.sock\"\n").unwrap_err();
+        assert_eq!(
+            err,
+            "line 3: inventory cri_socket \"containerd.sock\" is not an absolute path, \"auto\" or \"none\""
+        );
     }
 
     #[test]

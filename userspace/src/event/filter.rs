@@ -12,6 +12,8 @@ pub struct Filter {
     pub netns: Option<String>,
     /// A container id prefix, or `runtime:id-prefix`.
     pub container: Option<String>,
+    /// A pod: `namespace/name`, a name, or its uid.
+    pub pod: Option<String>,
     pub comm: Option<String>,
     pub pid: Option<u32>,
 }
@@ -51,6 +53,16 @@ impl Filter {
             let hit = namespaces(record).flat_map(|n| n["containers"].as_array().into_iter().flatten()).any(|c| {
                 let (runtime, id) = (c["runtime"].as_str().unwrap_or(""), c["id"].as_str().unwrap_or(""));
                 id.starts_with(want.as_str()) || format!("{runtime}:{id}").starts_with(want.as_str())
+            });
+            if !hit {
+                return false;
+            }
+        }
+        if let Some(want) = &self.pod {
+            let hit = namespaces(record).filter_map(|n| n.get("pod")).any(|p| {
+                let (namespace, name, uid) =
+                    (p["namespace"].as_str().unwrap_or(""), p["name"].as_str().unwrap_or(""), p["uid"].as_str());
+                name == want || format!("{namespace}/{name}") == *want || uid == Some(want.as_str())
             });
             if !hit {
                 return false;
@@ -109,7 +121,8 @@ mod tests {
         json!({
             "type": "netns_enter",
             "netns": {"inode": 4026532177u64, "id": 42, "name": "blue",
-                      "containers": [{"runtime": "runc", "id": "web-1"}]},
+                      "containers": [{"runtime": "runc", "id": "web-1"}],
+                      "pod": {"namespace": "shop", "name": "web", "uid": "9f1c"}},
             "from_netns": {"inode": 4026531833u64, "id": 3},
             "actor": {"pid": 77, "comm": "nsenter"}
         })
@@ -129,6 +142,10 @@ mod tests {
         assert!(f(Filter { container: Some("web".into()), ..Default::default() }));
         assert!(f(Filter { container: Some("runc:web-1".into()), ..Default::default() }));
         assert!(!f(Filter { container: Some("docker:web".into()), ..Default::default() }));
+        for pod in ["shop/web", "web", "9f1c"] {
+            assert!(f(Filter { pod: Some(pod.into()), ..Default::default() }), "{pod}");
+        }
+        assert!(!f(Filter { pod: Some("shop/db".into()), ..Default::default() }));
         assert!(f(Filter { comm: Some("nsenter".into()), pid: Some(77), ..Default::default() }));
         assert!(!f(Filter { pid: Some(78), ..Default::default() }));
     }

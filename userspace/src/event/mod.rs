@@ -20,6 +20,15 @@ pub struct Container {
     pub pod_uid: Option<String>,
 }
 
+/// The Kubernetes pod a namespace is the sandbox of, as the container
+/// runtime (CRI) tells it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
 /// A network namespace: its identity, and what users call it when known.
 /// Two values are equal when they name the same namespace (inode and id);
 /// the labels do not take part.
@@ -35,11 +44,14 @@ pub struct Netns {
     /// Containers whose processes are in it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<Container>,
+    /// The pod whose sandbox it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
 }
 
 impl Netns {
     pub fn new(inode: u32, id: u64) -> Self {
-        Self { inode, id, name: None, containers: Vec::new() }
+        Self { inode, id, name: None, containers: Vec::new(), pod: None }
     }
 }
 

@@ -18,7 +18,8 @@ fn ns(n: &Netns) -> String {
     let name = n.name.as_ref().map(|name| format!(" {name}")).unwrap_or_default();
     let containers: String =
         n.containers.iter().map(|c| format!(" {}:{}", c.runtime, &c.id[..c.id.len().min(12)])).collect();
-    format!("{}(id {}{name}{containers})", n.inode, n.id)
+    let pod = n.pod.as_ref().map(|p| format!(" pod {}/{}", p.namespace, p.name)).unwrap_or_default();
+    format!("{}(id {}{name}{containers}{pod})", n.inode, n.id)
 }
 
 fn maybe_ns(n: &Option<Netns>) -> String {

@@ -6,6 +6,7 @@
 pub mod containers;
 pub mod devices;
 pub mod leaks;
+pub mod pods;
 pub mod refresh;
 pub mod scan;
 
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use devices::Device;
 use scan::{name_of_mount, Scan};
 
-use crate::event::{Actor, Container, CreateVia, Event, EventBody, SysctlResult};
+use crate::event::{Actor, Container, CreateVia, Event, EventBody, Pod, SysctlResult};
 
 /// How a namespace came to be, when the agent saw it happen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +45,9 @@ pub struct NetnsRecord {
     pub host: bool,
     /// Containers whose processes are in it (a pod: several).
     pub containers: Vec<Container>,
+    /// The pod whose sandbox it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
     /// Processes with at least one thread in it.
     pub processes: u32,
     /// Open nsfs file descriptors holding it, as (pid, fd).
@@ -88,10 +92,22 @@ struct Tracked {
     /// Containers last seen in it, kept for its teardown's events (their
     /// processes go before its devices and the namespace do).
     last_containers: Vec<Container>,
+    /// Its pod, kept likewise for its teardown.
+    last_pod: Option<Pod>,
     /// Names and containers the stream has shown for it: those of its
     /// create, those found at agent start, and those announced since by a
     /// `netns_identified` record.
     announced: Labels,
+}
+
+/// The labels of one `nstrail_netns_info` series.
+pub struct InfoLabels {
+    pub inode: String,
+    pub id: String,
+    pub name: String,
+    pub container: String,
+    /// `namespace/name`
+    pub pod: String,
 }
 
 /// Destroyed namespaces kept for late look-ups: at most this many, for at most this long.
@@ -107,6 +123,9 @@ pub struct Inventory {
     leaks: leaks::LeakTracker,
     /// nsids of other namespaces in the agent's, for device listings.
     nsids: devices::KnownNsids,
+    /// Pods by the inode of their sandbox's namespace, from the latest look
+    /// at the container runtime.
+    pods: HashMap<u32, Pod>,
 }
 
 /// What a scan says users call a namespace.
@@ -114,6 +133,18 @@ pub struct Inventory {
 pub struct Labels {
     pub names: Vec<String>,
     pub containers: Vec<Container>,
+    pub pod: Option<Pod>,
+}
+
+impl Labels {
+    /// What a scan found for one namespace.
+    fn of(observed: &scan::Observed) -> Self {
+        Self {
+            names: observed.mounts.iter().map(|m| name_of_mount(m)).collect(),
+            containers: observed.containers.iter().cloned().collect(),
+            pod: observed.pod.clone(),
+        }
+    }
 }
 
 impl Inventory {
@@ -122,16 +153,28 @@ impl Inventory {
         let mut inventory = Self::default();
         for observed in scan.namespaces.values() {
             if let Some(id) = observed.id {
-                let announced = Labels {
-                    names: observed.mounts.iter().map(|m| name_of_mount(m)).collect(),
-                    containers: observed.containers.iter().cloned().collect(),
-                };
+                let announced = Labels::of(observed);
                 let tracked = Tracked { inode: observed.inode, seen_at_start: true, announced, ..Default::default() };
                 inventory.live.insert(id, tracked);
             }
         }
         inventory.relabel(scan);
         inventory
+    }
+
+    /// Takes the pods the container runtime listed, by the inode of their
+    /// sandbox's namespace.
+    pub fn set_pods(&mut self, pods: HashMap<u32, Pod>) {
+        self.pods = pods;
+    }
+
+    /// What a scan found for one namespace, with its pod.
+    fn labels_of(&self, observed: &scan::Observed) -> Labels {
+        let mut labels = Labels::of(observed);
+        if labels.pod.is_none() {
+            labels.pod = self.pods.get(&observed.inode).cloned();
+        }
+        labels
     }
 
     /// The nsids the agent's namespace has for others, which the device
@@ -159,6 +202,8 @@ impl Inventory {
 
     /// Takes names and containers from a fresh scan.
     pub fn relabel(&mut self, scan: &Scan) {
+        let labels: HashMap<u64, Labels> =
+            scan.namespaces.values().filter_map(|o| Some((o.id?, self.labels_of(o)))).collect();
         for observed in scan.namespaces.values() {
             if let Some(tracked) = observed.id.and_then(|id| self.live.get_mut(&id)) {
                 if !observed.mounts.is_empty() {
@@ -167,17 +212,12 @@ impl Inventory {
                 if !observed.containers.is_empty() {
                     tracked.last_containers = observed.containers.iter().cloned().collect();
                 }
+                if let Some(pod) = observed.id.and_then(|id| labels.get(&id)).and_then(|l| l.pod.clone()) {
+                    tracked.last_pod = Some(pod);
+                }
             }
         }
-        self.labels = scan
-            .namespaces
-            .values()
-            .filter_map(|o| {
-                let id = o.id?;
-                let names = o.mounts.iter().map(|m| name_of_mount(m)).collect();
-                Some((id, Labels { names, containers: o.containers.iter().cloned().collect() }))
-            })
-            .collect();
+        self.labels = labels;
     }
 
     /// The `netns_identified` records of a fresh scan: one for each live
@@ -192,17 +232,22 @@ impl Inventory {
                 continue;
             }
             let Some(id) = observed.id else { continue };
+            let pod = self.labels_of(observed).pod;
             let Some(tracked) = self.live.get_mut(&id) else { continue };
             let names: Vec<String> = observed.mounts.iter().map(|m| name_of_mount(m)).collect();
             let announced = &mut tracked.announced;
             let new_names: Vec<&String> = names.iter().filter(|n| !announced.names.contains(n)).collect();
             let new_containers: Vec<&Container> =
                 observed.containers.iter().filter(|c| !announced.containers.contains(c)).collect();
-            if new_names.is_empty() && new_containers.is_empty() {
+            let new_pod = pod.is_some() && announced.pod != pod;
+            if new_names.is_empty() && new_containers.is_empty() && !new_pod {
                 continue;
             }
             announced.names.extend(new_names.into_iter().cloned());
             announced.containers.extend(new_containers.into_iter().cloned());
+            if new_pod {
+                announced.pod = pod;
+            }
             out.push(EventBody::NetnsIdentified { netns: crate::event::Netns::new(observed.inode, id), names });
         }
         out
@@ -228,6 +273,12 @@ impl Inventory {
             if netns.containers.is_empty() {
                 netns.containers = tracked.map(|t| t.last_containers.clone()).unwrap_or_default();
             }
+            if let Some(labels) = self.labels.get(&netns.id) {
+                netns.pod = labels.pod.clone();
+            }
+            if netns.pod.is_none() {
+                netns.pod = tracked.and_then(|t| t.last_pod.clone());
+            }
         }
     }
 
@@ -240,8 +291,11 @@ impl Inventory {
                 tracked.created = Some(Origin { ts: event.ts.clone(), via: *via, actor: actor.clone() });
                 tracked.seen_at_start = false;
                 // What the create showed (labelled before it is observed).
-                tracked.announced =
-                    Labels { names: netns.name.iter().cloned().collect(), containers: netns.containers.clone() };
+                tracked.announced = Labels {
+                    names: netns.name.iter().cloned().collect(),
+                    containers: netns.containers.clone(),
+                    pod: netns.pod.clone(),
+                };
             }
             EventBody::NetnsEnter { netns, .. } => {
                 let tracked =
@@ -262,6 +316,9 @@ impl Inventory {
                 }
                 if labels.containers.is_empty() {
                     labels.containers = tracked.last_containers.clone();
+                }
+                if labels.pod.is_none() {
+                    labels.pod = tracked.last_pod.clone();
                 }
                 let mut record = record_of(netns.inode, Some(netns.id), &tracked, None, &labels, false);
                 record.destroyed = Some(event.ts.clone());
@@ -295,7 +352,7 @@ impl Inventory {
 
     /// (inode, id, name, first container) of up to `limit` live namespaces,
     /// for the opt-in info series.
-    pub fn info_labels(&self, limit: usize) -> Vec<(String, String, String, String)> {
+    pub fn info_labels(&self, limit: usize) -> Vec<InfoLabels> {
         let mut ids: Vec<_> = self.live.keys().copied().collect();
         ids.sort_unstable();
         ids.into_iter()
@@ -309,7 +366,12 @@ impl Inventory {
                     .and_then(|l| l.containers.first())
                     .map(|c| format!("{}:{}", c.runtime, c.id))
                     .unwrap_or_default();
-                (tracked.inode.to_string(), id.to_string(), name, container)
+                let pod = labels
+                    .and_then(|l| l.pod.as_ref())
+                    .or(tracked.last_pod.as_ref())
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .unwrap_or_default();
+                InfoLabels { inode: tracked.inode.to_string(), id: id.to_string(), name, container, pod }
             })
             .collect()
     }
@@ -330,10 +392,7 @@ impl Inventory {
             let tracked = observed.id.and_then(|id| self.live.get(&id));
             let default = Tracked { inode: observed.inode, seen_at_start: tracked.is_none(), ..Default::default() };
             let tracked = tracked.unwrap_or(&default);
-            let labels = Labels {
-                names: observed.mounts.iter().map(|m| name_of_mount(m)).collect(),
-                containers: observed.containers.iter().cloned().collect(),
-            };
+            let labels = self.labels_of(observed);
             let host = scan.host_inode == Some(observed.inode);
             let mut record = record_of(observed.inode, observed.id, tracked, Some(observed), &labels, host);
             record.mounts = observed.mounts.iter().map(|m| crate::event::text::path_text(m)).collect();
@@ -376,6 +435,7 @@ fn record_of(
         mounts: Vec::new(),
         host,
         containers: labels.containers.clone(),
+        pod: labels.pod.clone(),
         processes: observed.map_or(0, |o| o.pids.len() as u32),
         fds: observed.map(|o| o.fds.clone()).unwrap_or_default(),
         devices: observed.map(|o| o.devices.clone()).unwrap_or_default(),

@@ -1,4 +1,5 @@
-//! Names and containers come from /proc, not from events: the inventory
+//! Names and containers come from /proc, and pods from the container
+//! runtime, not from events: the inventory
 //! rescans when the mount table changes (a bind mount such as
 //! /run/netns/NAME appears or goes; the kernel flags /proc/self/mountinfo)
 //! and every few seconds for the rest (containers starting). Scans run on
@@ -25,6 +26,7 @@ pub const EVERY: Duration = Duration::from_secs(2);
 /// became known, `netns_leaked` for those that crossed the leak age.
 pub async fn run(
     inventory: Arc<Mutex<Inventory>>,
+    mut pods: super::pods::PodWatch,
     scans: tokio::sync::mpsc::Sender<Arc<scan::Scan>>,
     records: tokio::sync::mpsc::Sender<Vec<EventBody>>,
 ) {
@@ -56,10 +58,12 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        let pods = pods.pods().await;
         if let Ok(scan) = tokio::task::spawn_blocking(scan::scan).await {
             let scan = Arc::new(scan);
             let (identified, leaks) = {
                 let mut inventory = inventory.lock().expect("inventory lock");
+                inventory.set_pods(pods);
                 inventory.relabel(&scan);
                 (inventory.identified(&scan), inventory.track_leaks(&scan))
             };

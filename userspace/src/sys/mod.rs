@@ -1,8 +1,10 @@
 //! All OS access beyond plain file reads, one module per kernel concept:
-//! BTF, kallsyms, clocks, the heap, nsfs files, /proc, rtnetlink, sysctl files.
+//! BTF, kallsyms, clocks, the container runtime (CRI), the heap, nsfs files,
+//! /proc, rtnetlink, sysctl files.
 
 pub mod btf;
 pub mod clock;
+pub mod cri;
 pub mod heap;
 pub mod kallsyms;
 pub mod mountinfo;
