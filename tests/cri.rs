@@ -449,6 +449,9 @@ fn pods_made_through_cri_are_named_on_their_namespace() {
 
     let followed = tail.records();
     drop(tail);
+    if let Some(write) = followed.iter().find(|r| r["type"] == "sysctl_write") {
+        eprintln!("the pod's write: {write}");
+    }
     assert!(followed.iter().all(|r| r["netns"]["pod"] == pod), "only the pod's events: {followed:#?}");
     let metrics = scrape(port);
     assert!(
@@ -471,6 +474,17 @@ fn pods_made_through_cri_are_named_on_their_namespace() {
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
     assert!(table.lines().next().is_some_and(|h| h.contains("POD")), "{table}");
     assert!(table.lines().any(|l| l.contains(&netns.id.to_string()) && l.contains("shop/web")), "{table}");
+
+    // `nstrail show namespace/name`: the pod's namespace, with its story.
+    let shown = Command::new(nstrail_tests::nstrail_binary())
+        .args(["show", "shop/web", "--json", "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("nstrail show");
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout)
+        .unwrap_or_else(|_| panic!("show JSON: {}", String::from_utf8_lossy(&shown.stderr)));
+    assert_eq!(shown["netns"]["id"], netns.id, "{shown:#}");
+    assert_eq!(shown["netns"]["pod"], pod, "{shown:#}");
 
     // Teardown as kubelet does it: the destroy still names the pod.
     containerd.stop_pod(&sandbox);

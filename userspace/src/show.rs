@@ -13,7 +13,7 @@ use crate::ls::aligned;
 
 #[derive(Parser, Debug)]
 pub struct ShowArgs {
-    /// The namespace: inode, id, name, container (id, prefix, runtime:id) or pod uid.
+    /// The namespace: inode, id, name, container (id, prefix, runtime:id), pod (namespace/name) or pod uid.
     pub netns: String,
     /// One JSON document instead of text.
     #[arg(long)]
@@ -131,6 +131,9 @@ pub fn render(story: &Story) -> String {
         })
         .collect();
     fact("containers", or_dash(containers.join(", ")));
+    if let Some(pod) = &n.pod {
+        fact("pod", format!("{}/{} (uid {})", pod.namespace, pod.name, pod.uid));
+    }
     let created = match (&n.created, n.seen_at_start) {
         (Some(o), _) => format!("{} via {} by {}[{}]", o.ts, o.via.as_str(), o.actor.comm, o.actor.pid),
         (None, true) => "before the agent started".to_owned(),

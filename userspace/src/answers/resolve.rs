@@ -32,7 +32,7 @@ fn container_matches(record: &NetnsRecord, arg: &str) -> bool {
             || (arg.len() >= 4 && c.id.starts_with(arg))
             || (arg.contains(':') && full.starts_with(arg))
             || c.pod_uid.as_deref() == Some(arg)
-    })
+    }) || record.pod.as_ref().is_some_and(|p| format!("{}/{}", p.namespace, p.name) == arg || p.uid == arg)
 }
 
 fn label(id: Option<u64>, inode: u32, name: Option<&str>) -> String {
