@@ -34,8 +34,10 @@ pub const VM_TOOLS: &[(&str, &str)] = &[
 /// budgets start counting (TCG boots in about 10 s; room for a busy host).
 const BOOT_ALLOWANCE_TCG: u64 = 240;
 const BOOT_ALLOWANCE_KVM: u64 = 90;
-/// Guests booted again for the suites a guest kernel panic cut short.
-const GUEST_PANIC_RETRIES: u32 = 1;
+/// Guests booted again for the suites a guest kernel panic cut short. The
+/// 7.3 guest oopses at an int3 in live-patched kernel text now and then
+/// under TCG (docs/vm-matrix.md), at times twice in a row in one suite.
+const GUEST_PANIC_RETRIES: u32 = 3;
 
 #[derive(clap::Args, Debug)]
 pub struct VmTestArgs {
