@@ -348,15 +348,6 @@ fn scrape(port: u16) -> String {
     response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
 }
 
-/// Waits until `done` holds for the agent's records so far.
-fn wait_for(agent: &RunningAgent, what: &str, done: impl Fn(&[serde_json::Value]) -> bool) {
-    let deadline = Instant::now() + nstrail_tests::patience(Duration::from_secs(30));
-    while !done(&agent.records()) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; records:\n{:#?}", agent.records());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn about(record: &serde_json::Value, key: &str, id: u64) -> bool {
     record[key]["id"].as_u64() == Some(id)
 }
@@ -392,7 +383,7 @@ fn pods_made_through_cri_are_named_on_their_namespace() {
 
     // The runtime made the namespace, CNI its veth, runc wrote the pod's
     // sysctl, all before the pod could be known: one record ties them.
-    wait_for(&agent, "the create, the veth and the sysctl write", |records| {
+    agent.wait_for("the create, the veth and the sysctl write", |records| {
         records.iter().any(|r| r["type"] == "netns_create" && about(r, "netns", netns.id))
             && records.iter().any(|r| {
                 r["type"] == "veth_create"
@@ -405,7 +396,7 @@ fn pods_made_through_cri_are_named_on_their_namespace() {
                     && r["new"] == "600"
             })
     });
-    wait_for(&agent, "netns_identified with the pod", |records| {
+    agent.wait_for("netns_identified with the pod", |records| {
         records
             .iter()
             .any(|r| r["type"] == "netns_identified" && about(r, "netns", netns.id) && r["netns"]["pod"] == pod)
@@ -437,7 +428,7 @@ fn pods_made_through_cri_are_named_on_their_namespace() {
         assert!(entered.status.success(), "{}", String::from_utf8_lossy(&entered.stderr));
         std::thread::sleep(Duration::from_secs(1));
     }
-    wait_for(&agent, "the enter and the write, with the pod", |records| {
+    agent.wait_for("the enter and the write, with the pod", |records| {
         records.iter().any(|r| r["type"] == "netns_enter" && about(r, "netns", netns.id) && r["netns"]["pod"] == pod)
             && records.iter().any(|r| {
                 r["type"] == "sysctl_write"
@@ -489,7 +480,7 @@ fn pods_made_through_cri_are_named_on_their_namespace() {
     // Teardown as kubelet does it: the destroy still names the pod.
     containerd.stop_pod(&sandbox);
     containerd.remove_pod(&sandbox);
-    wait_for(&agent, "the destroy, with the pod", |records| {
+    agent.wait_for("the destroy, with the pod", |records| {
         records.iter().any(|r| r["type"] == "netns_destroy" && about(r, "netns", netns.id) && r["netns"]["pod"] == pod)
     });
     let printed = agent.stop();

@@ -9,18 +9,6 @@ use std::time::{Duration, Instant};
 use deploy_support::Docker;
 use nstrail_tests::{NetnsIdentity, RunningAgent};
 
-/// Waits until `done` holds for the agent's lines so far.
-fn wait_for(agent: &RunningAgent, what: &str, done: impl Fn(&[serde_json::Value]) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if done(&agent.lines.lock().unwrap()) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn touches(line: &serde_json::Value, key: &str, id: u64) -> bool {
     line[key]["id"].as_u64() == Some(id)
 }
@@ -57,7 +45,7 @@ fn docker_run_exec_network_connect_and_rm_are_seen_exactly() {
     let pid: u32 = docker.ok(&["inspect", "-f", "{{.State.Pid}}", &container.name]).parse().expect("pid");
     let netns = NetnsIdentity::of_pid(pid);
     assert_ne!(netns, host);
-    wait_for(&agent, "the container's first veth", |lines| {
+    agent.wait_for("the container's first veth", |lines| {
         lines.iter().any(|l| l["type"] == "device_move" && touches(l, "to_netns", netns.id))
     });
     // `nstrail ls` names the container (the inventory re-reads containers
@@ -83,7 +71,7 @@ fn docker_run_exec_network_connect_and_rm_are_seen_exactly() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // The stream says so too, in a record of its own (the agent's next rescan).
-    wait_for(&agent, "netns_identified with the container", |lines| {
+    agent.wait_for("netns_identified with the container", |lines| {
         lines.iter().any(|l| {
             l["type"] == "netns_identified"
                 && touches(l, "netns", netns.id)
@@ -92,11 +80,11 @@ fn docker_run_exec_network_connect_and_rm_are_seen_exactly() {
     });
     docker.ok(&["exec", &container.name, "true"]);
     docker.ok(&["network", "connect", &second.name, &container.name]);
-    wait_for(&agent, "the second network's veth", |lines| {
+    agent.wait_for("the second network's veth", |lines| {
         lines.iter().filter(|l| l["type"] == "device_move" && touches(l, "to_netns", netns.id)).count() == 2
     });
     docker.ok(&["rm", "-f", &container.name]);
-    wait_for(&agent, "the container's namespace destroyed", |lines| {
+    agent.wait_for("the container's namespace destroyed", |lines| {
         lines.iter().any(|l| l["type"] == "netns_destroy" && touches(l, "netns", netns.id))
     });
     // Anything late or duplicated shows up now.

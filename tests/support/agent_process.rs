@@ -5,7 +5,7 @@ use std::{
     path::PathBuf,
     process::{Command, Stdio},
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// The `nstrail` binary of this build: `NSTRAIL_BIN`, else the one next to
@@ -83,6 +83,20 @@ impl RunningAgent {
     /// Every record the agent printed so far.
     pub fn records(&self) -> Vec<serde_json::Value> {
         self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds for the records printed so far; fails
+    /// with `what` and the last records when it does not.
+    pub fn wait_for(&self, what: &str, done: impl Fn(&[serde_json::Value]) -> bool) {
+        let deadline = Instant::now() + crate::patience(Duration::from_secs(30));
+        while !done(&self.lines.lock().unwrap()) {
+            if Instant::now() >= deadline {
+                let records = self.records();
+                let last: Vec<String> = records.iter().rev().take(30).rev().map(|r| r.to_string()).collect();
+                panic!("timed out waiting for {what}; the last of {} records:\n{}", records.len(), last.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Namespace ids of the netns_create records printed so far.

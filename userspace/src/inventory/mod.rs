@@ -136,24 +136,13 @@ pub struct Labels {
     pub pod: Option<Pod>,
 }
 
-impl Labels {
-    /// What a scan found for one namespace.
-    fn of(observed: &scan::Observed) -> Self {
-        Self {
-            names: observed.mounts.iter().map(|m| name_of_mount(m)).collect(),
-            containers: observed.containers.iter().cloned().collect(),
-            pod: observed.pod.clone(),
-        }
-    }
-}
-
 impl Inventory {
     /// The state at agent start: everything in the scan was there before us.
     pub fn from_scan(scan: &Scan) -> Self {
         let mut inventory = Self::default();
         for observed in scan.namespaces.values() {
             if let Some(id) = observed.id {
-                let announced = Labels::of(observed);
+                let announced = inventory.labels_of(observed);
                 let tracked = Tracked { inode: observed.inode, seen_at_start: true, announced, ..Default::default() };
                 inventory.live.insert(id, tracked);
             }
@@ -168,13 +157,13 @@ impl Inventory {
         self.pods = pods;
     }
 
-    /// What a scan found for one namespace, with its pod.
+    /// What a scan found for one namespace, with its pod from the runtime.
     fn labels_of(&self, observed: &scan::Observed) -> Labels {
-        let mut labels = Labels::of(observed);
-        if labels.pod.is_none() {
-            labels.pod = self.pods.get(&observed.inode).cloned();
+        Labels {
+            names: observed.mounts.iter().map(|m| name_of_mount(m)).collect(),
+            containers: observed.containers.iter().cloned().collect(),
+            pod: self.pods.get(&observed.inode).cloned(),
         }
-        labels
     }
 
     /// The nsids the agent's namespace has for others, which the device
@@ -232,7 +221,7 @@ impl Inventory {
                 continue;
             }
             let Some(id) = observed.id else { continue };
-            let pod = self.labels_of(observed).pod;
+            let pod = self.pods.get(&observed.inode).cloned();
             let Some(tracked) = self.live.get_mut(&id) else { continue };
             let names: Vec<String> = observed.mounts.iter().map(|m| name_of_mount(m)).collect();
             let announced = &mut tracked.announced;
@@ -265,6 +254,7 @@ impl Inventory {
             if let Some(labels) = self.labels.get(&netns.id) {
                 netns.name = labels.names.first().cloned();
                 netns.containers = labels.containers.clone();
+                netns.pod = labels.pod.clone();
             }
             let tracked = self.live.get(&netns.id);
             if netns.name.is_none() {
@@ -272,9 +262,6 @@ impl Inventory {
             }
             if netns.containers.is_empty() {
                 netns.containers = tracked.map(|t| t.last_containers.clone()).unwrap_or_default();
-            }
-            if let Some(labels) = self.labels.get(&netns.id) {
-                netns.pod = labels.pod.clone();
             }
             if netns.pod.is_none() {
                 netns.pod = tracked.and_then(|t| t.last_pod.clone());
@@ -350,8 +337,8 @@ impl Inventory {
         self.live.len()
     }
 
-    /// (inode, id, name, first container) of up to `limit` live namespaces,
-    /// for the opt-in info series.
+    /// The labels (inode, id, name, first container, pod) of up to `limit`
+    /// live namespaces, for the opt-in info series.
     pub fn info_labels(&self, limit: usize) -> Vec<InfoLabels> {
         let mut ids: Vec<_> = self.live.keys().copied().collect();
         ids.sort_unstable();

@@ -101,10 +101,15 @@ impl PodWatch {
     }
 }
 
-/// The inode of a sandbox's namespace (its bind mount's nsfs inode).
+/// The inode of a sandbox's namespace (its bind mount's nsfs inode); none
+/// when the path is not a network namespace (anymore).
 async fn netns_inode(runtime: &mut Runtime, id: &str) -> Result<Option<u32>, String> {
     match runtime.sandbox_netns(id).await {
-        Ok(Some(path)) => Ok(std::fs::metadata(&path).ok().and_then(|m| u32::try_from(m.ino()).ok())),
+        Ok(Some(path)) => Ok(std::fs::File::open(&path)
+            .ok()
+            .filter(crate::sys::nsfs::is_net_namespace)
+            .and_then(|file| file.metadata().ok())
+            .and_then(|m| u32::try_from(m.ino()).ok())),
         Ok(None) => Ok(None),
         // Gone between the list and the question.
         Err(CriError::Status { code: 5, .. }) => Ok(None),

@@ -28,9 +28,6 @@ pub struct Observed {
     /// nsfs bind mounts, as paths in the agent's view.
     pub mounts: BTreeSet<PathBuf>,
     pub containers: BTreeSet<Container>,
-    /// The pod whose sandbox it is (from the container runtime, attached
-    /// by the inventory after the scan).
-    pub pod: Option<crate::event::Pod>,
     /// A path to reach it by (a task's ns file, an fd, a mount).
     pub path: Option<PathBuf>,
     /// Its network devices, when asked for ([`with_devices`]).
