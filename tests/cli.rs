@@ -194,6 +194,91 @@ fn ls_asks_the_agent_and_a_restarted_agent_rebuilds_the_same_view() {
     assert!(!socket.exists(), "the socket is removed on exit");
 }
 
+/// Devices of a named namespace as `ip -d -j link` lists them: (ifindex, name, kind).
+fn ip_links(netns: &str) -> Vec<(u64, String, Option<String>)> {
+    let out = nstrail_tests::run_ok("ip", &["-n", netns, "-d", "-j", "link", "show"]);
+    let links: serde_json::Value = serde_json::from_str(&out.stdout).expect("ip -j");
+    let mut links: Vec<_> = links
+        .as_array()
+        .expect("links")
+        .iter()
+        .map(|l| {
+            let kind = l["linkinfo"]["info_kind"].as_str().map(str::to_owned);
+            (l["ifindex"].as_u64().expect("ifindex"), l["ifname"].as_str().expect("ifname").to_owned(), kind)
+        })
+        .collect();
+    links.sort();
+    links
+}
+
+/// Devices `nstrail ls --json` shows for a named namespace, in the same form.
+fn listed_links(records: &[serde_json::Value], netns: &str) -> Vec<(u64, String, Option<String>)> {
+    let record = named(records, netns).unwrap_or_else(|| panic!("{netns} listed"));
+    assert!(record.get("devices_unlisted").is_none(), "{record}");
+    let mut links: Vec<_> = record["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| {
+            let kind = d["kind"].as_str().map(str::to_owned);
+            (d["ifindex"].as_u64().expect("ifindex"), d["name"].as_str().expect("name").to_owned(), kind)
+        })
+        .collect();
+    links.sort();
+    links
+}
+
+/// Where the agent keeps each namespace's devices between listings (kept
+/// current from its link notifications), a listing right after a change
+/// still shows the devices as `ip` does: created, renamed, moved away and
+/// in, deleted, many at once. (Veth pairs: they need no kernel module.)
+#[test]
+fn ls_shows_devices_as_they_are_right_after_each_change() {
+    assert!(is_root(), "run the tests as root (cargo xtask test)");
+    let socket = std::env::temp_dir().join(format!("nstrail-ls-devices-{}.sock", std::process::id()));
+    let agent = RunningAgent::start(&socket);
+    let (a, _) = NamedNetns::add("devs-a");
+    let (b, _) = NamedNetns::add("devs-b");
+    let ip = |netns: &NamedNetns, args: &str| {
+        let mut full = vec!["-n", netns.name.as_str()];
+        full.extend(args.split(' '));
+        nstrail_tests::run_ok("ip", &full);
+    };
+    ip(&a, "link add d1 type veth peer name d1p");
+    ip(&a, "link add va type veth peer name vb");
+    let check = |after: &str| {
+        let records = ls_json(&socket);
+        for netns in [&a, &b] {
+            assert_eq!(listed_links(&records, &netns.name), ip_links(&netns.name), "{} after {after}", netns.name);
+        }
+    };
+    // The first listings dump each namespace; later ones find their devices kept.
+    check("creation");
+    check("creation, listed again");
+    let many: Vec<String> = (0..20).map(|i| format!("link add m{i} type veth peer name m{i}p")).collect();
+    let changes: Vec<(&NamedNetns, &str)> = vec![
+        (&a, "link set d1 name d1-renamed"),
+        (&a, "link add d2 type veth peer name d2p"),
+        (&a, "link set d2 netns PLACEHOLDER"),
+        (&a, "link del va"),
+        (&b, "link set d2 name d2-in-b"),
+    ];
+    for (netns, change) in changes {
+        let change = change.replace("PLACEHOLDER", &b.name);
+        ip(netns, &change);
+        check(&change);
+    }
+    for change in &many {
+        ip(&b, change);
+    }
+    check("20 new veth pairs");
+    for i in 0..20 {
+        ip(&b, &format!("link del m{i}"));
+    }
+    check("20 veth pairs deleted");
+    agent.stop();
+}
+
 #[test]
 fn ls_without_an_agent_says_what_to_do() {
     let out =

@@ -3,7 +3,9 @@
 //! rescans when the mount table changes (a bind mount such as
 //! /run/netns/NAME appears or goes; the kernel flags /proc/self/mountinfo)
 //! and every few seconds for the rest (containers starting). Scans run on
-//! the blocking pool, never on the event loop.
+//! the blocking pool, never on the event loop; each also lists the devices
+//! of namespaces whose devices are not kept yet, so that `nstrail ls` finds
+//! them kept.
 
 use std::{
     io::{Read, Seek},
@@ -59,7 +61,18 @@ pub async fn run(
             }
         }
         let pods = pods.pods().await;
-        if let Ok(scan) = tokio::task::spawn_blocking(scan::scan).await {
+        let known = inventory.lock().expect("inventory lock").nsids();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let scan = scan::scan();
+            // Listings then find the devices of namespaces this one found
+            // kept: one rtnetlink dump each, once.
+            let kept = scan::keep_devices(&scan, &known);
+            if kept > 0 {
+                log::debug!("devices of {kept} namespaces listed and kept");
+            }
+            scan
+        });
+        if let Ok(scan) = scanned.await {
             let scan = Arc::new(scan);
             let (identified, leaks) = {
                 let mut inventory = inventory.lock().expect("inventory lock");

@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use procfs::process::{FDTarget, Process};
+use procfs::process::Process;
 
 use super::containers;
 use crate::{
@@ -89,13 +89,22 @@ impl Ids {
         if self.by_inode.contains_key(&inode) && !is_mount {
             return;
         }
-        let Ok(file) = std::fs::File::open(&path) else { return };
-        if file.metadata().map(|m| m.ino() as u32).ok() != Some(inode) {
-            return;
-        }
-        if let Ok(id) = crate::sys::nsfs::ns_id_of(&file) {
+        if let Some(id) = Self::read(inode, &path) {
             self.by_inode.insert(inode, (id, path));
         }
+    }
+
+    /// The id of namespace `inode` read through `path`, if it still leads there.
+    fn read(inode: u32, path: &Path) -> Option<u64> {
+        Self::read_open(inode, &std::fs::File::open(path).ok()?)
+    }
+
+    /// The id of namespace `inode` read through an open nsfs file, if it is that one.
+    fn read_open(inode: u32, file: &std::fs::File) -> Option<u64> {
+        if file.metadata().map(|m| m.ino() as u32).ok() != Some(inode) {
+            return None;
+        }
+        crate::sys::nsfs::ns_id_of(file).ok()
     }
 }
 
@@ -114,7 +123,7 @@ pub fn scan() -> Scan {
         // than the main one, are its passing look-ups.
         scan_tasks(&process, pid, pid == own_pid, &mut out, &mut ids);
         if pid != own_pid {
-            scan_fds(&process, pid, nsfs, &mut out, &mut ids);
+            scan_fds(pid, nsfs, &mut out, &mut ids);
         }
         // One mount table per mount namespace is enough.
         let mnt_ns = ns_inode_of(&PathBuf::from(format!("/proc/{pid}/ns/mnt")));
@@ -161,23 +170,67 @@ fn scan_tasks(process: &Process, pid: u32, main_thread_only: bool, out: &mut Sca
     }
 }
 
-fn scan_fds(process: &Process, pid: u32, nsfs: Option<u64>, out: &mut Scan, ids: &mut Ids) {
-    let Ok(fds) = process.fd() else {
+/// One open fd on a network namespace: its number, the namespace's
+/// inode, and the id read through it (unless the scan knew the id already).
+struct FdOnNetns {
+    fd: u32,
+    inode: u32,
+    id: Option<u64>,
+}
+
+fn scan_fds(pid: u32, nsfs: Option<u64>, out: &mut Scan, ids: &mut Ids) {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return;
     };
-    for fd in fds.flatten() {
-        let fd_path = PathBuf::from(format!("/proc/{pid}/fd/{}", fd.fd));
-        let inode = match &fd.target {
-            FDTarget::Net(inode) => Some(*inode as u32),
-            // Opened through a bind mount: the link shows the mount's path.
-            FDTarget::Path(_) => nsfs.and_then(|dev| net_ns_behind(&fd_path, dev)),
-            _ => None,
-        };
-        if let Some(inode) = inode {
-            entry(out, inode).fds.push((pid, fd.fd as u32));
-            ids.learn(inode, fd_path, false);
+    let fds: Vec<u32> = entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    // A process holding thousands of namespaces (a runtime, a test
+    // harness) costs a readlink, an open and an ioctl per fd: spread over
+    // the cores.
+    let threads =
+        if fds.len() < 512 { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4) };
+    let Ok(table) = crate::sys::proc::FdDir::open(pid) else {
+        return;
+    };
+    let (known, table) = (&ids.by_inode, &table);
+    let found: Vec<FdOnNetns> = std::thread::scope(|scope| {
+        let parts: Vec<_> = fds
+            .chunks(fds.len().div_ceil(threads).max(1))
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter().filter_map(|&fd| fd_on_netns(table, pid, fd, nsfs, known)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts.into_iter().flat_map(|part| part.join().unwrap_or_default()).collect()
+    });
+    for FdOnNetns { fd, inode, id } in found {
+        entry(out, inode).fds.push((pid, fd));
+        if let Some(id) = id {
+            ids.by_inode.entry(inode).or_insert_with(|| (id, PathBuf::from(format!("/proc/{pid}/fd/{fd}"))));
         }
     }
+}
+
+/// What fd `fd` of `pid` (in its open file table `table`) is, if a network namespace.
+fn fd_on_netns(
+    table: &crate::sys::proc::FdDir,
+    pid: u32,
+    fd: u32,
+    nsfs: Option<u64>,
+    known: &BTreeMap<u32, (u64, PathBuf)>,
+) -> Option<FdOnNetns> {
+    let target = table.target(fd).ok()?;
+    let inode = match target.to_str().and_then(|t| t.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()) {
+        Some(inode) => inode,
+        // Opened through a bind mount: the link shows the mount's path.
+        None if target.is_absolute() => net_ns_behind(&PathBuf::from(format!("/proc/{pid}/fd/{fd}")), nsfs?)?,
+        None => return None,
+    };
+    let id = match known.contains_key(&inode) {
+        true => None,
+        false => table.open_target(fd).ok().and_then(|file| Ids::read_open(inode, &file)),
+    };
+    Some(FdOnNetns { fd, inode, id })
 }
 
 fn scan_mounts(pid: u32, out: &mut Scan, ids: &mut Ids) {
@@ -204,10 +257,27 @@ fn scan_mounts(pid: u32, out: &mut Scan, ids: &mut Ids) {
 /// A path learnt during the scan can be gone by now (its process exited):
 /// every other way in that the scan saw is tried before giving up, and a
 /// namespace whose devices could not be listed says so in `devices_unlisted`.
+/// How long a listing waits for the device sensor to read the link
+/// notifications queued (it may be busy giving thousands of namespaces
+/// nsids at start); after that, devices are dumped afresh.
+const CATCH_UP_AT_MOST: std::time::Duration = std::time::Duration::from_millis(250);
+
 pub fn with_devices(scan: &mut Scan, known: &super::devices::KnownNsids) {
-    // One rtnetlink round trip per namespace, mostly spent in the kernel:
-    // spread over the cores (each thread with its own socket).
-    let mut namespaces: Vec<&mut Observed> = scan.namespaces.values_mut().collect();
+    // Devices kept from an earlier listing (and kept current since) cost
+    // nothing; the rest one rtnetlink round trip each, mostly spent in the
+    // kernel: spread over the cores (each thread with its own socket).
+    let current = known.catch_up(CATCH_UP_AT_MOST);
+    let mut namespaces: Vec<&mut Observed> = scan
+        .namespaces
+        .values_mut()
+        .filter_map(|observed| match observed.id.filter(|_| current).and_then(|id| known.devices(id)) {
+            Some(devices) => {
+                observed.devices = devices;
+                None
+            }
+            None => Some(observed),
+        })
+        .collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
     let per_thread = namespaces.len().div_ceil(threads).max(256);
     std::thread::scope(|scope| {
@@ -220,6 +290,21 @@ pub fn with_devices(scan: &mut Scan, known: &super::devices::KnownNsids) {
             });
         }
     });
+}
+
+/// Lists and keeps, for later listings, the devices of every scanned
+/// namespace that has a known nsid and none kept yet (see
+/// [`super::devices::KnownNsids`]); returns how many.
+pub fn keep_devices(scan: &Scan, known: &super::devices::KnownNsids) -> usize {
+    let mut lister = super::devices::Lister::with_known(known.clone());
+    let mut kept = 0;
+    for observed in scan.namespaces.values() {
+        let Some(id) = observed.id else { continue };
+        if observed.ways_in().iter().any(|path| lister.keep(path, observed.inode, id)) {
+            kept += 1;
+        }
+    }
+    kept
 }
 
 fn list_devices(lister: &mut super::devices::Lister, observed: &mut Observed) {

@@ -48,7 +48,7 @@ use super::{
 };
 use crate::{
     event::{Actor, Event, EventBody, MovedDevice, Netns, VethEnd},
-    inventory::scan::Scan,
+    inventory::{devices::KnownNsids, scan::Scan},
     sys::{clock::boot_ns, nsfs, rtnetlink::Listener},
 };
 
@@ -182,6 +182,7 @@ impl Sensor for DeviceMoves {
         };
         let own = own_netns()?;
         let nsids = NsidMap::new(own, context.nsids.clone())?;
+        let known = context.nsids.clone();
         let (to_agent, from_worker) = tokio::sync::mpsc::unbounded_channel();
         let (commands, inbox) = mpsc::channel();
         // SAFETY: a plain eventfd call; the fd is owned right away.
@@ -202,8 +203,10 @@ impl Sensor for DeviceMoves {
             to_agent,
             ready: Vec::new(),
             gate: self.gate.clone(),
+            known: known.clone(),
         };
         std::thread::Builder::new().name("nstrail-devices".into()).spawn(move || worker.run())?;
+        known.follow(wake.clone());
         self.commands = Some(commands);
         self.wake = Some(wake);
         Ok(Some(from_worker))
@@ -298,6 +301,8 @@ struct Worker {
     to_agent: MessageSender,
     ready: Vec<Draft>,
     gate: Option<Arc<Mutex<()>>>,
+    /// The inventory's nsids and kept device lists, which this thread keeps current.
+    known: KnownNsids,
 }
 
 impl Worker {
@@ -310,7 +315,11 @@ impl Worker {
             let gate = self.gate.clone();
             let _held = gate.as_ref().map(|g| g.lock().unwrap_or_else(|e| e.into_inner()));
             let stop = self.take_commands();
+            // Listings waiting for every notification queued before they
+            // asked (see KnownNsids::catch_up) are served by this read.
+            let asked = self.known.reading();
             self.read_notifications();
+            self.known.read_done(asked);
             self.pairing.expire(Instant::now(), &mut self.ready);
             if stop {
                 // Whatever is still waiting for its second half goes out now.
@@ -334,6 +343,7 @@ impl Worker {
                 return;
             }
             if stop {
+                self.known.unfollow();
                 return;
             }
         }

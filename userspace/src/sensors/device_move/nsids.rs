@@ -19,7 +19,7 @@ use std::{
 use crate::{
     event::{Event, EventBody, Netns},
     inventory::{
-        devices::KnownNsids,
+        devices::{Device, KnownNsids, LinkNotice},
         scan::{self, Scan},
     },
     sys::{nsfs, rtnetlink::Requests},
@@ -175,6 +175,23 @@ impl NsidMap {
     /// A namespace was destroyed; its nsid goes when RTM_DELNSID is read.
     pub fn netns_destroyed(&mut self, id: u64) {
         self.failed.remove(&id);
+    }
+
+    /// A link notification about the namespace with `nsid` (None: the
+    /// agent's own) was read: the device list the inventory keeps for it
+    /// follows. One that could not be parsed drops the list.
+    pub fn link_notified(&self, nsid: Option<i32>, removed: bool, link: Option<&crate::sys::rtnetlink::Link>) {
+        let Some(netns) = nsid.and_then(|nsid| self.by_nsid.get(&nsid)) else { return };
+        let notice = match link {
+            None => None,
+            Some(link) if removed => Some(LinkNotice::Gone { ifindex: link.ifindex as u32 }),
+            Some(link) => Some(LinkNotice::Present(Device {
+                name: link.name.clone(),
+                ifindex: link.ifindex as u32,
+                kind: link.kind.clone(),
+            })),
+        };
+        self.by_id.link_notified(netns.id, notice);
     }
 
     /// RTM_DELNSID read: the holder is gone, a waiting new holder takes over.

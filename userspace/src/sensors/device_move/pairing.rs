@@ -183,7 +183,9 @@ impl Pairing {
                     }
                 }
                 RTM_NEWLINK | RTM_DELLINK => {
-                    let Some(link) = Link::parse(message.payload) else { continue };
+                    let link = Link::parse(message.payload);
+                    self.nsids.link_notified(nsid, message.kind == RTM_DELLINK, link.as_ref());
+                    let Some(link) = link else { continue };
                     let actor = self.take_actor(message.kind, message.len, &link);
                     let boot_ns = actor.map(|a| a.header.boot_ns).unwrap_or_else(boot_ns);
                     let notice = Notice { nsid, link, actor, boot_ns };
