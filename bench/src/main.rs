@@ -282,7 +282,7 @@ fn paced_sysctl_writes(n: u64, rate: u64) -> ExitCode {
         }
         sysctl_write(1);
     }
-    println!("ops={n} elapsed_ns={}", start.elapsed().as_nanos());
+    println!("ops={n} elapsed_ns={} cpu_ns={}", start.elapsed().as_nanos(), cpu_ns());
     ExitCode::SUCCESS
 }
 

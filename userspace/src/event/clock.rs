@@ -49,16 +49,23 @@ pub fn now_rfc3339() -> String {
 /// RFC 3339, UTC, always nine fractional digits: `2026-11-28T00:35:04.123456789Z`.
 pub fn rfc3339(unix_ns: i128) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.nanosecond()
-    )
+    // Every record has one: digits written in place (format! cost more
+    // than a tenth of the agent's time per event at full speed).
+    let mut out = *b"0000-00-00T00:00:00.000000000Z";
+    let mut put = |at: usize, width: usize, mut value: u32| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, t.year().clamp(0, 9999) as u32);
+    put(5, 2, u8::from(t.month()).into());
+    put(8, 2, t.day().into());
+    put(11, 2, t.hour().into());
+    put(14, 2, t.minute().into());
+    put(17, 2, t.second().into());
+    put(20, 9, t.nanosecond());
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Unix ns of an RFC 3339 time (any offset, any number of fractional
@@ -80,6 +87,11 @@ mod tests {
     fn formats_rfc3339_with_nanoseconds() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
         assert_eq!(rfc3339(1_795_826_104_000_000_123), "2026-11-28T00:35:04.000000123Z");
+        for text in
+            ["2026-12-31T23:59:59.999999999Z", "2000-02-29T12:07:08.000104560Z", "9999-01-01T00:00:00.100000000Z"]
+        {
+            assert_eq!(rfc3339(parse_rfc3339(text).unwrap()), text);
+        }
     }
 
     #[test]
