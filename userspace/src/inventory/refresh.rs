@@ -95,8 +95,13 @@ pub async fn run(
                     }
                 }
             }
+            let large = scan.namespaces.len() >= 1000;
             if scans.send(scan).await.is_err() {
                 return;
+            }
+            if large {
+                // The scan it replaces (thousands of records) is freed by now.
+                crate::sys::heap::release_free_pages();
             }
         }
     }

@@ -61,7 +61,14 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, inventory: &Mutex<Inve
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(response.as_bytes()).await?;
+    drop(body);
+    let written = stream.write_all(response.as_bytes()).await;
+    if response.len() >= 1 << 20 {
+        // Thousands of info series: megabytes of text, freed now.
+        drop(response);
+        crate::sys::heap::release_free_pages();
+    }
+    written?;
     stream.shutdown().await
 }
 

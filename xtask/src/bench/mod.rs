@@ -79,6 +79,8 @@ struct Sample {
     agent_cpu_ms: f64,
     events: u64,
     lost: u64,
+    /// Highest resident memory of the agent at the end of a round.
+    agent_rss_kib: u64,
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -190,7 +192,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         let in_case = |what: String| format!("case {case}: {what}");
         // Warm-up, not measured.
         run_workload(&bench, case, iterations / 10 + 1).with_context(|| in_case("warm-up".into()))?;
-        let mut sample = Sample { off: vec![], on: vec![], agent_cpu_ms: 0.0, events: 0, lost: 0 };
+        let mut sample = Sample { off: vec![], on: vec![], agent_cpu_ms: 0.0, events: 0, lost: 0, agent_rss_kib: 0 };
         let mut agent_start_secs = Vec::new();
         for round in 0..rounds {
             let on_first = round % 2 == 1;
@@ -213,6 +215,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
                     // Let the agent drain what the round produced, then count its CPU.
                     std::thread::sleep(Duration::from_millis(300));
                     sample.agent_cpu_ms += (agent.cpu_ticks() - before) as f64 * 1000.0 / ticks_per_s;
+                    sample.agent_rss_kib = sample.agent_rss_kib.max(agent.rss_kib());
                     let (events, lost) = agent.stop().with_context(|| in_case(format!("round {}", round + 1)))?;
                     sample.events += events;
                     sample.lost += lost;
@@ -238,8 +241,8 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     table.push_str(&format!("machine: {}\n", machine()));
     table.push_str(&format!("sensors: {backends}\n"));
     table.push_str("CPU = user+sys time of the workload (probes run in its context); wall = elapsed time, noisy on shared machines.\n");
-    table.push_str("| case | CPU ns/op off | CPU ns/op on | CPU ratio on/off (median) | CPU ratio spread | wall ratio (median) | wall ratio spread | events | lost | agent CPU ms per 1,000 events |\n");
-    table.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    table.push_str("| case | CPU ns/op off | CPU ns/op on | CPU ratio on/off (median) | CPU ratio spread | wall ratio (median) | wall ratio spread | events | lost | agent CPU ms per 1,000 events | agent RSS MiB |\n");
+    table.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     let mut json = Vec::new();
     for (case, about, iterations, s) in &results {
         let stats = |pick: fn(&PerOp) -> f64| {
@@ -255,12 +258,12 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         let cpu_per_k =
             if s.events >= 1000 { format!("{:.1}", s.agent_cpu_ms * 1000.0 / s.events as f64) } else { "-".into() };
         table.push_str(&format!(
-            "| {case} | {c_off:.0} | {c_on:.0} | {c_ratio:.3} | {c_lo:.3}-{c_hi:.3} | {w_ratio:.3} | {w_lo:.3}-{w_hi:.3} | {} | {} | {cpu_per_k} |\n",
-            s.events, s.lost
+            "| {case} | {c_off:.0} | {c_on:.0} | {c_ratio:.3} | {c_lo:.3}-{c_hi:.3} | {w_ratio:.3} | {w_lo:.3}-{w_hi:.3} | {} | {} | {cpu_per_k} | {:.1} |\n",
+            s.events, s.lost, s.agent_rss_kib as f64 / 1024.0
         ));
         json.push(format!(
-            "{{\"case\":\"{case}\",\"about\":\"{about}\",\"ops_per_round\":{iterations},\"cpu_ns_per_op_off\":{c_offs:?},\"cpu_ns_per_op_on\":{c_ons:?},\"cpu_ratio_median\":{c_ratio:.4},\"cpu_ratio_min\":{c_lo:.4},\"cpu_ratio_max\":{c_hi:.4},\"wall_ns_per_op_off\":{w_offs:?},\"wall_ns_per_op_on\":{w_ons:?},\"wall_ratio_median\":{w_ratio:.4},\"wall_ratio_min\":{w_lo:.4},\"wall_ratio_max\":{w_hi:.4},\"events\":{},\"lost\":{},\"agent_cpu_ms\":{:.1}}}",
-            s.events, s.lost, s.agent_cpu_ms
+            "{{\"case\":\"{case}\",\"about\":\"{about}\",\"ops_per_round\":{iterations},\"cpu_ns_per_op_off\":{c_offs:?},\"cpu_ns_per_op_on\":{c_ons:?},\"cpu_ratio_median\":{c_ratio:.4},\"cpu_ratio_min\":{c_lo:.4},\"cpu_ratio_max\":{c_hi:.4},\"wall_ns_per_op_off\":{w_offs:?},\"wall_ns_per_op_on\":{w_ons:?},\"wall_ratio_median\":{w_ratio:.4},\"wall_ratio_min\":{w_lo:.4},\"wall_ratio_max\":{w_hi:.4},\"events\":{},\"lost\":{},\"agent_cpu_ms\":{:.1},\"agent_rss_kib\":{}}}",
+            s.events, s.lost, s.agent_cpu_ms, s.agent_rss_kib
         ));
     }
     if !extra.is_empty() {
