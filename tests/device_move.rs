@@ -102,6 +102,53 @@ fn ip_n_a_link_set_netns_b_moves_between_namespaces() {
     assert_eq!(moves_of_ours, 2, "{}", agent.log.dump());
 }
 
+/// The nsid `ip netns list` shows for a named namespace, if it has one here.
+fn listed_nsid(name: &str) -> Option<u32> {
+    let listed = run_ok("ip", &["netns", "list"]).stdout;
+    let line = listed.lines().find(|l| l.split_whitespace().next() == Some(name))?;
+    line.split("(id: ").nth(1)?.trim_end_matches(')').parse().ok()
+}
+
+/// Namespaces that exist before the agent starts get nsids from its start
+/// scan: the numbers it asks for may be taken (by `ip netns set`, by the
+/// kernel for a move, by other tests' namespaces) and some namespaces have
+/// one already. Moves between them still name both ends.
+#[test]
+fn moves_between_namespaces_older_than_the_agent_name_both_ends() {
+    let (a, _) = NamedNetns::add("olda");
+    let (b, _) = NamedNetns::add("oldb");
+    let (c, _) = NamedNetns::add("oldc");
+    // Refused when an agent of a test running alongside gave it one first.
+    run("ip", &["netns", "set", &b.name, "auto"]);
+    let pair = HostVeth::add();
+    // The kernel gives `a` an nsid for this move.
+    run_ok("ip", &["link", "set", &pair.name, "netns", &a.name]);
+    let b_nsid = listed_nsid(&b.name).expect("b has an nsid");
+
+    let mut agent = TestAgent::start();
+    // Only the rtnetlink backend gives namespaces nsids (the kernel
+    // functions' backends need none); the moves are checked on every one.
+    let gives_nsids = agent.backend("device_move") == "rtnetlink";
+    let deadline = std::time::Instant::now() + WAIT;
+    while gives_nsids && [&a, &b, &c].iter().any(|ns| listed_nsid(&ns.name).is_none()) {
+        assert!(std::time::Instant::now() < deadline, "the agent gave no nsid to one of them");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(listed_nsid(&b.name), Some(b_nsid), "an nsid given before is kept");
+    if gives_nsids {
+        let ids: std::collections::BTreeSet<_> = [&a, &b, &c].iter().map(|ns| listed_nsid(&ns.name)).collect();
+        assert_eq!(ids.len(), 3, "three nsids: {ids:?}");
+    }
+
+    for (from, to) in [(&a, &c), (&c, &b)] {
+        let before = ifindex(Some(&from.name), &pair.name);
+        let ran = run_ok("ip", &["-n", &from.name, "link", "set", &pair.name, "netns", &to.name]);
+        let event = only_event(&mut agent, ran.pid, "device_move");
+        let after = ifindex(Some(&to.name), &pair.name);
+        assert_move(&event, veth(&pair.name, before, after), from.identity(), to.identity(), ran.pid, "ip");
+    }
+}
+
 #[test]
 fn veth_created_with_its_peer_in_another_namespace() {
     let host = NetnsIdentity::of_self();

@@ -346,6 +346,15 @@ impl Requests {
         }
     }
 
+    /// Gives the namespace behind `ns` (an nsfs fd) the nsid `nsid` here.
+    /// EEXIST when it has one already or `nsid` is taken.
+    pub fn new_nsid(&mut self, ns: RawFd, nsid: i32) -> std::io::Result<()> {
+        let mut body = vec![0u8; 4];
+        attr(&mut body, NETNSA_FD, &(ns as u32).to_ne_bytes());
+        attr(&mut body, NETNSA_NSID, &nsid.to_ne_bytes());
+        self.ask(RTM_NEWNSID, 0, &body, NLMSG_ERROR).map(|_| ())
+    }
+
     /// Dumps the devices of the namespace with `nsid` (an nsid of this
     /// socket's namespace), handing each datagram to `take` as [`dump`] does.
     ///

@@ -51,6 +51,10 @@ pub struct NsidMap {
     rescan_enabled: bool,
     /// Namespaces the agent failed to give an nsid (logged once each, not retried).
     failed: HashMap<u64, String>,
+    /// The next nsid to ask for (see [`give_nsid`](Self::give_nsid)).
+    next_nsid: i32,
+    /// The last namespaces looked at had an nsid already.
+    expect_assigned: bool,
 }
 
 impl NsidMap {
@@ -69,6 +73,8 @@ impl NsidMap {
             last_rescan: None,
             rescan_enabled: true,
             failed: HashMap::new(),
+            next_nsid: 0,
+            expect_assigned: true,
         })
     }
 
@@ -134,12 +140,16 @@ impl NsidMap {
 
     /// Gives every namespace of a scan an nsid (unless known already).
     pub fn assign_scanned(&mut self, scan: &Scan) {
+        let (started, mut given) = (Instant::now(), 0);
         for observed in scan.namespaces.values() {
             let (Some(id), Some(path)) = (observed.id, &observed.path) else { continue };
             if id == self.own.id || self.by_id.contains(id) || self.failed.contains_key(&id) {
                 continue;
             }
-            self.assign(path, &Netns::new(observed.inode, id));
+            given += usize::from(self.assign(path, &Netns::new(observed.inode, id)));
+        }
+        if given > 0 {
+            log::debug!("{given} namespaces of a scan given nsids in {:?}", started.elapsed());
         }
     }
 
@@ -252,7 +262,7 @@ impl NsidMap {
         if nsfs::ns_id_of(&file).is_ok_and(|id| id != netns.id) {
             return false; // the path now leads elsewhere (a reused pid)
         }
-        match self.requests.ensure_nsid(file.as_raw_fd()) {
+        match self.give_nsid(&file) {
             Ok(nsid) => {
                 self.record(nsid, netns.clone());
                 true
@@ -266,6 +276,48 @@ impl NsidMap {
         }
     }
 }
+
+impl NsidMap {
+    /// The nsid of the namespace open as `file`, given now if it has none.
+    ///
+    /// Every nsid request makes the kernel walk all the nsids the agent's
+    /// namespace has (a linear search of its idr), so at thousands of
+    /// namespaces the number of requests is what giving them nsids costs:
+    /// the kernel's own way (ask, assign any, ask again) is three walks,
+    /// asking for a number picked here is one. Whether a namespace has one
+    /// already is asked first only while namespaces keep turning out to
+    /// (an agent restarted: they kept the nsids it gave them).
+    fn give_nsid(&mut self, file: &std::fs::File) -> std::io::Result<i32> {
+        let fd = file.as_raw_fd();
+        if self.expect_assigned {
+            if let Some(nsid) = self.requests.nsid_of_fd(fd)? {
+                return Ok(nsid);
+            }
+            self.expect_assigned = false;
+        }
+        for _ in 0..PICKS {
+            let picked = self.next_nsid;
+            self.next_nsid = picked.checked_add(1).unwrap_or(0);
+            match self.requests.new_nsid(fd, picked) {
+                Ok(()) => return Ok(picked),
+                // It has one already, or `picked` is someone else's.
+                Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+                    if let Some(nsid) = self.requests.nsid_of_fd(fd)? {
+                        self.expect_assigned = true;
+                        return Ok(nsid);
+                    }
+                }
+                // A failure may still have assigned one (a late answer).
+                Err(err) => return self.requests.nsid_of_fd(fd)?.ok_or(err),
+            }
+        }
+        // Picks keep colliding (another tool gave out a run of numbers).
+        self.requests.ensure_nsid(fd)
+    }
+}
+
+/// Numbers tried in a row before the kernel is left to pick an nsid.
+const PICKS: usize = 4;
 
 /// The nsfs files a process is in or holds open (its threads' namespaces
 /// and its fds), cheap to list.
