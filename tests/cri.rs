@@ -11,7 +11,7 @@ use std::{
 };
 
 use nstrail::sys::cri::{proto::Writer, Runtime};
-use nstrail_tests::{NetnsIdentity, RunningAgent, Scratch};
+use nstrail_tests::{names_netns, NetnsIdentity, RunningAgent, Scratch};
 
 const CONTAINERD: &str = "/usr/bin/containerd";
 const CTR: &str = "/usr/bin/ctr";
@@ -348,10 +348,6 @@ fn scrape(port: u16) -> String {
     response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
 }
 
-fn about(record: &serde_json::Value, key: &str, id: u64) -> bool {
-    record[key]["id"].as_u64() == Some(id)
-}
-
 #[test]
 fn pods_made_through_cri_are_named_on_their_namespace() {
     nstrail_tests::require_root();
@@ -384,14 +380,14 @@ fn pods_made_through_cri_are_named_on_their_namespace() {
     // The runtime made the namespace, CNI its veth, runc wrote the pod's
     // sysctl, all before the pod could be known: one record ties them.
     agent.wait_for("the create, the veth and the sysctl write", |records| {
-        records.iter().any(|r| r["type"] == "netns_create" && about(r, "netns", netns.id))
+        records.iter().any(|r| r["type"] == "netns_create" && names_netns(r, "netns", netns.id))
             && records.iter().any(|r| {
                 r["type"] == "veth_create"
-                    && (about(&r["device"], "netns", netns.id) || about(&r["peer"], "netns", netns.id))
+                    && (names_netns(&r["device"], "netns", netns.id) || names_netns(&r["peer"], "netns", netns.id))
             })
             && records.iter().any(|r| {
                 r["type"] == "sysctl_write"
-                    && about(r, "netns", netns.id)
+                    && names_netns(r, "netns", netns.id)
                     && r["sysctl"] == "net.ipv4.tcp_keepalive_time"
                     && r["new"] == "600"
             })
@@ -399,12 +395,12 @@ fn pods_made_through_cri_are_named_on_their_namespace() {
     agent.wait_for("netns_identified with the pod", |records| {
         records
             .iter()
-            .any(|r| r["type"] == "netns_identified" && about(r, "netns", netns.id) && r["netns"]["pod"] == pod)
+            .any(|r| r["type"] == "netns_identified" && names_netns(r, "netns", netns.id) && r["netns"]["pod"] == pod)
     });
     let identified: Vec<_> = agent
         .records()
         .into_iter()
-        .filter(|r| r["type"] == "netns_identified" && about(r, "netns", netns.id) && r["netns"]["pod"] == pod)
+        .filter(|r| r["type"] == "netns_identified" && names_netns(r, "netns", netns.id) && r["netns"]["pod"] == pod)
         .collect();
     assert_eq!(identified.len(), 1, "the pod is announced once: {identified:#?}");
     eprintln!("identified: {}", identified[0]);
@@ -429,10 +425,12 @@ fn pods_made_through_cri_are_named_on_their_namespace() {
         std::thread::sleep(Duration::from_secs(1));
     }
     agent.wait_for("the enter and the write, with the pod", |records| {
-        records.iter().any(|r| r["type"] == "netns_enter" && about(r, "netns", netns.id) && r["netns"]["pod"] == pod)
+        records
+            .iter()
+            .any(|r| r["type"] == "netns_enter" && names_netns(r, "netns", netns.id) && r["netns"]["pod"] == pod)
             && records.iter().any(|r| {
                 r["type"] == "sysctl_write"
-                    && about(r, "netns", netns.id)
+                    && names_netns(r, "netns", netns.id)
                     && r["sysctl"] == "net.ipv4.tcp_fin_timeout"
                     && r["netns"]["pod"] == pod
             })
@@ -481,7 +479,9 @@ fn pods_made_through_cri_are_named_on_their_namespace() {
     containerd.stop_pod(&sandbox);
     containerd.remove_pod(&sandbox);
     agent.wait_for("the destroy, with the pod", |records| {
-        records.iter().any(|r| r["type"] == "netns_destroy" && about(r, "netns", netns.id) && r["netns"]["pod"] == pod)
+        records
+            .iter()
+            .any(|r| r["type"] == "netns_destroy" && names_netns(r, "netns", netns.id) && r["netns"]["pod"] == pod)
     });
     let printed = agent.stop();
     assert!(printed.iter().all(|r| r["type"] != "lost"), "nothing lost");

@@ -7,11 +7,7 @@ mod deploy_support;
 use std::time::{Duration, Instant};
 
 use deploy_support::Docker;
-use nstrail_tests::{NetnsIdentity, RunningAgent};
-
-fn touches(line: &serde_json::Value, key: &str, id: u64) -> bool {
-    line[key]["id"].as_u64() == Some(id)
-}
+use nstrail_tests::{names_netns, NetnsIdentity, RunningAgent};
 
 #[test]
 fn docker_run_exec_network_connect_and_rm_are_seen_exactly() {
@@ -46,7 +42,7 @@ fn docker_run_exec_network_connect_and_rm_are_seen_exactly() {
     let netns = NetnsIdentity::of_pid(pid);
     assert_ne!(netns, host);
     agent.wait_for("the container's first veth", |lines| {
-        lines.iter().any(|l| l["type"] == "device_move" && touches(l, "to_netns", netns.id))
+        lines.iter().any(|l| l["type"] == "device_move" && names_netns(l, "to_netns", netns.id))
     });
     // `nstrail ls` names the container (the inventory re-reads containers
     // every 2 s); from then on every event about the namespace carries it.
@@ -74,24 +70,26 @@ fn docker_run_exec_network_connect_and_rm_are_seen_exactly() {
     agent.wait_for("netns_identified with the container", |lines| {
         lines.iter().any(|l| {
             l["type"] == "netns_identified"
-                && touches(l, "netns", netns.id)
+                && names_netns(l, "netns", netns.id)
                 && l["netns"]["containers"].as_array().is_some_and(|c| c.iter().any(|c| c["id"] == id.as_str()))
         })
     });
     docker.ok(&["exec", &container.name, "true"]);
     docker.ok(&["network", "connect", &second.name, &container.name]);
     agent.wait_for("the second network's veth", |lines| {
-        lines.iter().filter(|l| l["type"] == "device_move" && touches(l, "to_netns", netns.id)).count() == 2
+        lines.iter().filter(|l| l["type"] == "device_move" && names_netns(l, "to_netns", netns.id)).count() == 2
     });
     docker.ok(&["rm", "-f", &container.name]);
     agent.wait_for("the container's namespace destroyed", |lines| {
-        lines.iter().any(|l| l["type"] == "netns_destroy" && touches(l, "netns", netns.id))
+        lines.iter().any(|l| l["type"] == "netns_destroy" && names_netns(l, "netns", netns.id))
     });
     // Anything late or duplicated shows up now.
     std::thread::sleep(Duration::from_millis(500));
     let lines = agent.stop();
-    let about: Vec<&serde_json::Value> =
-        lines.iter().filter(|l| ["netns", "to_netns", "from_netns"].iter().any(|k| touches(l, k, netns.id))).collect();
+    let about: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| ["netns", "to_netns", "from_netns"].iter().any(|k| names_netns(l, k, netns.id)))
+        .collect();
     let dump = || about.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n");
     let of_type = |t: &str| about.iter().copied().filter(|l| l["type"] == t).collect::<Vec<_>>();
     let is_this_container = |ns: &serde_json::Value| {
@@ -122,14 +120,14 @@ fn docker_run_exec_network_connect_and_rm_are_seen_exactly() {
     // and one for `network connect`, and both back out on `rm -f`.
     let dockerd = |l: &&serde_json::Value| l["actor"]["comm"] == "dockerd";
     let moves = of_type("device_move");
-    let moved_in: Vec<_> = moves.iter().filter(|l| touches(l, "to_netns", netns.id)).collect();
-    let moved_out: Vec<_> = moves.iter().filter(|l| touches(l, "from_netns", netns.id)).collect();
+    let moved_in: Vec<_> = moves.iter().filter(|l| names_netns(l, "to_netns", netns.id)).collect();
+    let moved_out: Vec<_> = moves.iter().filter(|l| names_netns(l, "from_netns", netns.id)).collect();
     assert_eq!((moved_in.len(), moved_out.len()), (2, 2), "{}", dump());
     for m in &moved_in {
-        assert!(dockerd(m) && m["device"]["kind"] == "veth" && touches(m, "from_netns", host.id), "{m}");
+        assert!(dockerd(m) && m["device"]["kind"] == "veth" && names_netns(m, "from_netns", host.id), "{m}");
     }
     for m in &moved_out {
-        assert!(dockerd(m) && m["device"]["kind"] == "veth" && touches(m, "to_netns", host.id), "{m}");
+        assert!(dockerd(m) && m["device"]["kind"] == "veth" && names_netns(m, "to_netns", host.id), "{m}");
     }
     let mut names_in: Vec<_> = moved_in.iter().map(|m| m["device"]["name"].clone()).collect();
     let mut names_out: Vec<_> = moved_out.iter().map(|m| m["device"]["name"].clone()).collect();
@@ -140,7 +138,7 @@ fn docker_run_exec_network_connect_and_rm_are_seen_exactly() {
     // docker exec: runc's child joins the namespace (one setns, by a new runc).
     let exec_enters: Vec<_> = of_type("netns_enter")
         .into_iter()
-        .filter(|l| l["actor"]["comm"] == "runc:[1:CHILD]" && touches(l, "netns", netns.id))
+        .filter(|l| l["actor"]["comm"] == "runc:[1:CHILD]" && names_netns(l, "netns", netns.id))
         .collect();
     assert_eq!(exec_enters.len(), 1, "{}", dump());
     assert_ne!(exec_enters[0]["actor"]["pid"], create["actor"]["pid"]);

@@ -129,3 +129,9 @@ impl Drop for RunningAgent {
         }
     }
 }
+
+/// Whether a printed record's namespace object under `key` (`netns`,
+/// `to_netns`, ...) is the namespace with unique id `id`.
+pub fn names_netns(record: &serde_json::Value, key: &str, id: u64) -> bool {
+    record[key]["id"].as_u64() == Some(id)
+}

@@ -10,7 +10,7 @@ pub mod process;
 pub mod scratch;
 
 pub use agent::{EventLog, TestAgent};
-pub use agent_process::{nstrail_binary, RunningAgent};
+pub use agent_process::{names_netns, nstrail_binary, RunningAgent};
 pub use netns::{ifindex, HostVeth, NamedNetns, NetnsIdentity};
 pub use process::{field, run, run_ok, Background, Ran};
 pub use scratch::Scratch;

@@ -252,16 +252,17 @@ fn scan_mounts(pid: u32, out: &mut Scan, ids: &mut Ids) {
     }
 }
 
-/// Lists every scanned namespace's devices (by nsid, those in `known`
-/// first, else from inside: [`super::devices::Lister`]).
-/// A path learnt during the scan can be gone by now (its process exited):
-/// every other way in that the scan saw is tried before giving up, and a
-/// namespace whose devices could not be listed says so in `devices_unlisted`.
 /// How long a listing waits for the device sensor to read the link
 /// notifications queued (it may be busy giving thousands of namespaces
 /// nsids at start); after that, devices are dumped afresh.
 const CATCH_UP_AT_MOST: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// Lists every scanned namespace's devices: those `known` keeps, once the
+/// device sensor has read what is queued; the rest by nsid, those in
+/// `known` first, else from inside ([`super::devices::Lister`]).
+/// A path learnt during the scan can be gone by now (its process exited):
+/// every other way in that the scan saw is tried before giving up, and a
+/// namespace whose devices could not be listed says so in `devices_unlisted`.
 pub fn with_devices(scan: &mut Scan, known: &super::devices::KnownNsids) {
     // Devices kept from an earlier listing (and kept current since) cost
     // nothing; the rest one rtnetlink round trip each, mostly spent in the

@@ -275,9 +275,7 @@ impl NsidMap {
             }
         }
     }
-}
 
-impl NsidMap {
     /// The nsid of the namespace open as `file`, given now if it has none.
     ///
     /// Every nsid request makes the kernel walk all the nsids the agent's
